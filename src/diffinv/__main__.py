@@ -1,0 +1,3 @@
+from diffinv.cli import main
+
+raise SystemExit(main())

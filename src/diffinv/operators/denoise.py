@@ -1,0 +1,60 @@
+"""Denoising: the identity degradation ``y = x`` (plus measurement noise)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._common import F64, check_image_shape
+from .base import SVDOperator, check_tensor
+
+
+class Denoise(SVDOperator):
+    """The identity map on images of shape ``(C, H, W)``.
+
+    SVD: ``s = 1`` for every pixel and ``U = V`` = flattening (row-major over ``C, H, W``).
+
+    Example
+    -------
+    >>> op = Denoise((3, 8, 8))
+    >>> x = torch.rand(2, 3, 8, 8)
+    >>> bool((op.A(x) == x).all())
+    True
+    """
+
+    rows_orthonormal_scaled = True
+
+    def __init__(self, shape):
+        shape = check_image_shape(shape)
+        super().__init__(shape, shape)
+        self.register_buffer("s", torch.ones(math.prod(shape), dtype=F64), persistent=False)
+        self.spec = "denoise"
+
+    def singulars(self) -> torch.Tensor:
+        return self.s
+
+    def _A(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
+
+    def _At(self, y: torch.Tensor) -> torch.Tensor:
+        return y.clone()
+
+    def _pinv(self, y: torch.Tensor) -> torch.Tensor:
+        return y.clone()
+
+    def Vt(self, x: torch.Tensor) -> torch.Tensor:
+        check_tensor(x, self.in_shape, "x", f"for {self.name}.Vt")
+        return x.reshape(x.shape[0], -1).clone()
+
+    def V(self, z: torch.Tensor) -> torch.Tensor:
+        check_tensor(z, (self.n,), "z", f"for {self.name}.V")
+        return z.reshape(z.shape[0], *self.in_shape).clone()
+
+    def Ut(self, y: torch.Tensor) -> torch.Tensor:
+        check_tensor(y, self.out_shape, "y", f"for {self.name}.Ut")
+        return y.reshape(y.shape[0], -1).clone()
+
+    def U(self, z: torch.Tensor) -> torch.Tensor:
+        check_tensor(z, (self.m,), "z", f"for {self.name}.U")
+        return z.reshape(z.shape[0], *self.out_shape).clone()

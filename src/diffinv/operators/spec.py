@@ -1,0 +1,160 @@
+"""Build degradation operators from short spec strings such as ``"sr4"`` or ``"colorize+sr4"``."""
+
+from __future__ import annotations
+
+import numbers
+import re
+from collections.abc import Callable
+
+from ._common import check_image_shape
+from .base import LinearOperator
+
+_NUM = r"(\d+(?:\.\d*)?|\.\d+)"
+
+#: (form, one-line description), in the order shown to users.
+_SPECS: list[tuple[str, str]] = [
+    ("denoise", "identity (denoising): y = x"),
+    ("inpaint-box", "inpainting, a centred H/2 x W/2 box removed"),
+    (
+        "inpaint-random<p>",
+        "inpainting, each pixel dropped with probability p in [0, 1), e.g. inpaint-random0.5",
+    ),
+    ("inpaint-strokes", "inpainting, random free-form brush strokes (15-40% of the pixels) removed"),
+    ("colorize", "grey-level observation of an RGB image (ITU-R BT.601 luma weights)"),
+    ("sr<k>", "super-resolution by an integer factor k, k x k average pooling, e.g. sr4"),
+    (
+        "sr<k>-bicubic",
+        "super-resolution by k, antialiased bicubic downsampling (MATLAB imresize), e.g. sr4-bicubic",
+    ),
+    ("deblur-gauss", "circular Gaussian blur, sigma 1.5 px, 11 x 11"),
+    ("deblur-uniform", "circular 9 x 9 box blur"),
+    ("deblur-aniso", "circular anisotropic Gaussian blur, sigmas 4 and 1 px"),
+    ("deblur-motion", "circular random (seeded) 9 x 9 camera-shake blur"),
+    (
+        "cs<ratio>",
+        "compressed sensing, ratio in (0, 1] of the 2-D Walsh-Hadamard coefficients kept, e.g. cs0.25",
+    ),
+    (
+        "cs<ratio>-block[<b>]",
+        "block compressed sensing, random orthogonal measurements of b x b tiles "
+        "(default b = 32 or the largest divisor of H and W below it), e.g. cs0.25-block",
+    ),
+    (
+        "ct<views>",
+        "sparse-view parallel-beam CT with <views> angles over 180 degrees; image shape (1, N, N), e.g. ct30",
+    ),
+    ("<spec>+<spec>+...", "composition applied left to right, e.g. colorize+sr4"),
+]
+
+
+def available_specs() -> list[tuple[str, str]]:
+    """The accepted spec forms as ``(form, one-line description)`` pairs."""
+    return list(_SPECS)
+
+
+def _valid_forms() -> str:
+    return ", ".join(form for form, _ in _SPECS)
+
+
+def _malformed(spec: str, reason: str = "unknown or malformed degradation spec") -> ValueError:
+    return ValueError(f"{reason}: {spec!r}; valid forms: {_valid_forms()}")
+
+
+def _default_block(H: int, W: int, limit: int = 32) -> int:
+    """32 when it divides H and W, else the largest common divisor of H and W that is <= 32."""
+    for b in range(min(limit, H, W), 0, -1):
+        if H % b == 0 and W % b == 0:
+            return b
+    return 1
+
+
+def _build_one(spec: str, shape: tuple[int, int, int], seed: int) -> LinearOperator:
+    from . import colorize, cs, deblur, denoise, inpaint, superres
+
+    C, H, W = shape
+    builders: list[tuple[str, Callable[[re.Match], LinearOperator]]] = [
+        ("denoise", lambda m: denoise.Denoise(shape)),
+        ("inpaint-box", lambda m: inpaint.Inpaint(inpaint.box_mask(H, W), channels=C)),
+        (
+            rf"inpaint-random{_NUM}",
+            lambda m: inpaint.Inpaint(inpaint.random_mask(H, W, float(m[1]), seed), channels=C),
+        ),
+        ("inpaint-strokes", lambda m: inpaint.Inpaint(inpaint.stroke_mask(H, W, seed), channels=C)),
+        ("colorize", lambda m: colorize.Colorize(shape)),
+        (r"sr(\d+)", lambda m: superres.SuperResolution(shape, int(m[1]))),
+        (r"sr(\d+)-bicubic", lambda m: superres.BicubicSuperResolution(shape, int(m[1]))),
+        ("deblur-gauss", lambda m: deblur.Blur(shape, deblur.gaussian_kernel())),
+        ("deblur-uniform", lambda m: deblur.Blur(shape, deblur.uniform_kernel())),
+        ("deblur-aniso", lambda m: deblur.Blur(shape, deblur.anisotropic_kernel())),
+        ("deblur-motion", lambda m: deblur.Blur(shape, deblur.motion_kernel(generator=seed))),
+        (rf"cs{_NUM}", lambda m: cs.WalshHadamardCS(shape, float(m[1]), generator=seed)),
+        (
+            rf"cs{_NUM}-block(\d*)",
+            lambda m: cs.BlockRandomCS(
+                shape, float(m[1]), block=int(m[2]) if m[2] else _default_block(H, W), generator=seed
+            ),
+        ),
+        (r"ct(\d+)", lambda m: _build_ct(shape, int(m[1]))),
+    ]
+    for pattern, build in builders:
+        match = re.fullmatch(pattern, spec)
+        if match is not None:
+            op = build(match)
+            op.spec = spec
+            return op
+    raise _malformed(spec)
+
+
+def _build_ct(shape: tuple[int, int, int], views: int) -> LinearOperator:
+    from .ct import ParallelBeamCT
+
+    C, H, W = shape
+    if C != 1 or H != W:
+        raise ValueError(f"CT specs need a single-channel square image shape (1, N, N), got {shape}")
+    return ParallelBeamCT(size=H, views=views)
+
+
+def from_spec(spec: str, shape: tuple[int, int, int], seed: int = 0) -> LinearOperator:
+    """Build the operator described by ``spec`` for images of ``shape = (C, H, W)``.
+
+    ``spec`` is one of the forms listed by :func:`available_specs`, or several joined by ``+``:
+    the factors are applied left to right, each built on the previous factor's ``out_shape``
+    (which must be an image shape ``(C, H, W)``) and combined into a ``ComposedOperator``. Random
+    parts (masks, motion kernels, CS sampling patterns) are seeded by ``seed``. The result has
+    ``op.spec == spec``. Unknown or malformed specs raise ``ValueError`` listing the valid forms.
+
+    Example
+    -------
+    >>> op = from_spec("colorize+sr4", (3, 64, 64))
+    >>> op.out_shape
+    (1, 16, 16)
+    """
+    if not isinstance(spec, str):
+        raise ValueError(f"spec must be a string, got {type(spec).__name__}; valid forms: {_valid_forms()}")
+    shape = check_image_shape(shape)
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise ValueError(f"seed must be an int, got {seed!r}")
+    seed = int(seed)
+    spec = spec.strip()
+    parts = [p.strip() for p in spec.split("+")]
+    if not spec or any(not p for p in parts):
+        raise _malformed(spec)
+    ops: list[LinearOperator] = []
+    current = shape
+    for i, part in enumerate(parts):
+        if i > 0:
+            prev = ops[-1].out_shape
+            if len(prev) != 3:
+                raise ValueError(
+                    f"in spec {spec!r}, {parts[i - 1]!r} produces measurements of shape {prev}, "
+                    f"not an image (C, H, W), so {part!r} cannot follow it"
+                )
+            current = prev
+        ops.append(_build_one(part, current, seed))
+    if len(ops) == 1:
+        return ops[0]
+    from .compose import ComposedOperator
+
+    op = ComposedOperator(ops)
+    op.spec = "+".join(parts)
+    return op

@@ -1,0 +1,29 @@
+"""Diffusion priors: schedules, the Prior interface, network adapters and loaders."""
+
+from .adm import ADM_CHECKPOINT_NAMES, ADM_CONFIGS, ADMUNet, adm_from_config
+from .base import Prior
+from .gaussian import GaussianPrior
+from .loading import CheckpointError, load, load_adm, schedule_from_scheduler_config, shipped_priors
+from .network import NetworkPrior
+from .sampling import ddim_sample, ddpm_sample, ve_pc_sample
+from .schedules import VESchedule, VPSchedule
+
+__all__ = [
+    "Prior",
+    "GaussianPrior",
+    "VPSchedule",
+    "VESchedule",
+    "NetworkPrior",
+    "ADMUNet",
+    "ADM_CONFIGS",
+    "ADM_CHECKPOINT_NAMES",
+    "adm_from_config",
+    "CheckpointError",
+    "load",
+    "load_adm",
+    "schedule_from_scheduler_config",
+    "shipped_priors",
+    "ddpm_sample",
+    "ddim_sample",
+    "ve_pc_sample",
+]

@@ -1,0 +1,170 @@
+"""The solver interface and registry.
+
+Every method is a :class:`Solver` subclass registered under a short name::
+
+    solver = solvers.get("ddnm", prior, steps=100)
+    x = solver(y, op, sigma_y=0.0, generator=torch.Generator().manual_seed(0))
+    solver.last_nfe, solver.last_seconds
+
+Spaces: ``y`` and the returned ``x`` are in [0, 1] image units (``x`` is *not* clamped, so that
+measurement consistency ``A x = y`` is exact where the method guarantees it; clamp for display).
+Diffusion solvers work in the prior's model space, ``x = scale * z + shift``; since A is linear,
+
+    A x = y   <=>   A z = (y - shift * A 1) / scale,    and sigma_y scales to sigma_y / scale.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+
+import torch
+
+from ..operators.base import LinearOperator, SVDOperator, check_tensor
+from ..priors.base import Prior
+
+Callback = Callable[[int, torch.Tensor, torch.Tensor], None]
+
+_REGISTRY: dict[str, type[Solver]] = {}
+
+
+def register(cls: type[Solver]) -> type[Solver]:
+    """Class decorator: add a solver to the registry under ``cls.name``."""
+    if not getattr(cls, "name", None):
+        raise TypeError(f"{cls.__name__} needs a class attribute `name`")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def available() -> dict[str, str]:
+    """Registered solver names with their one-line descriptions."""
+    _load_all()
+    return {name: cls.description for name, cls in sorted(_REGISTRY.items())}
+
+
+def get(name: str, prior: Prior | None = None, **params) -> Solver:
+    """Build the solver registered as ``name`` with hyperparameters ``params``."""
+    _load_all()
+    cls = _REGISTRY.get(name)
+    if cls is None:
+        raise ValueError(f"unknown method {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    return cls(prior=prior, **params)
+
+
+def _load_all() -> None:
+    # Importing the package registers every solver module.
+    from .. import solvers  # noqa: F401
+
+
+def randn(shape: Iterable[int], generator: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
+    """Standard normal noise drawn on the generator's device, returned on ``like``'s device/dtype."""
+    device = generator.device if generator is not None else like.device
+    return torch.randn(tuple(shape), generator=generator, dtype=like.dtype, device=device).to(like.device)
+
+
+class Solver:
+    """Base class. Subclasses set ``name``, ``description``, ``defaults`` and implement ``_solve``.
+
+    Attributes set after each call: ``last_nfe`` (network evaluations), ``last_seconds`` (wall time).
+    """
+
+    name: str = ""
+    description: str = ""
+    #: hyperparameters and their defaults; every one can be overridden in the constructor.
+    defaults: dict = {}
+    needs_prior: bool = True
+    requires_svd: bool = False
+    supports_noise: bool = True
+
+    def __init__(self, prior: Prior | None = None, **params):
+        if self.needs_prior and prior is None:
+            raise ValueError(f"method {self.name!r} needs a diffusion prior (prior=...)")
+        unknown = set(params) - set(self.defaults)
+        if unknown:
+            raise ValueError(
+                f"unknown parameter(s) {sorted(unknown)} for method {self.name!r}; "
+                f"accepted: {sorted(self.defaults) or 'none'}"
+            )
+        self.prior = prior
+        self.params = {**self.defaults, **params}
+        self.validate_params()
+        self.last_nfe = 0
+        self.last_seconds = 0.0
+
+    def __getattr__(self, key: str):
+        params = self.__dict__.get("params", {})
+        if key in params:
+            return params[key]
+        raise AttributeError(key)
+
+    def validate_params(self) -> None:
+        """Check hyperparameters; raise ValueError naming the bad one. Override to add checks."""
+        for key in ("steps", "iters"):
+            if key in self.params and (int(self.params[key]) != self.params[key] or self.params[key] < 1):
+                raise ValueError(f"{key} must be a positive integer, got {self.params[key]!r}")
+        if "eta" in self.params and not 0.0 <= float(self.params["eta"]) <= 1.0:
+            raise ValueError(f"eta must be in [0, 1], got {self.params['eta']}")
+
+    def check_operator(self, op: LinearOperator) -> None:
+        if self.requires_svd and not isinstance(op, SVDOperator):
+            svd_free = [n for n, c in sorted(_REGISTRY.items()) if not c.requires_svd]
+            raise ValueError(
+                f"method {self.name!r} needs an operator with an SVD; {op.name!r} has none "
+                f"(methods that handle it: {', '.join(svd_free)})"
+            )
+
+    def __call__(
+        self,
+        y: torch.Tensor,
+        op: LinearOperator,
+        sigma_y: float = 0.0,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+        callback: Callback | None = None,
+    ) -> torch.Tensor:
+        """Restore ``x`` (B, C, H, W) in [0, 1] units from ``y = A x + sigma_y n``."""
+        check_tensor(y, op.out_shape, "y", f"for operator {op.name}")
+        if not torch.isfinite(y).all():
+            raise ValueError("y contains NaN or Inf values")
+        sigma_y = float(sigma_y)
+        if not math.isfinite(sigma_y) or sigma_y < 0:
+            raise ValueError(f"sigma_y must be a finite number >= 0, got {sigma_y}")
+        if self.prior is not None and tuple(op.in_shape) != tuple(self.prior.image_shape):
+            raise ValueError(
+                f"operator input shape {op.in_shape} does not match the prior's image shape "
+                f"{self.prior.image_shape}"
+            )
+        self.check_operator(op)
+        if self.prior is not None:
+            self.prior.reset_nfe()
+        start = time.perf_counter()
+        with torch.no_grad():
+            x = self._solve(y, op, sigma_y, generator, progress, callback)
+        self.last_seconds = time.perf_counter() - start
+        self.last_nfe = self.prior.nfe if self.prior is not None else 0
+        return x
+
+    def _solve(self, y, op, sigma_y, generator, progress, callback) -> torch.Tensor:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ helpers for subclasses
+    def measurement_to_model(self, y: torch.Tensor, op: LinearOperator, sigma_y: float):
+        """(y_z, sigma_z): the measurement of the model-space image z, where x = scale z + shift."""
+        p = self.prior
+        ones = torch.ones((1, *op.in_shape), dtype=y.dtype, device=y.device)
+        return (y - p.shift * op.A(ones)) / p.scale, sigma_y / p.scale
+
+    def timesteps(self) -> torch.Tensor:
+        return self.prior.schedule.timesteps(int(self.params["steps"]))
+
+    def iterate(self, seq, progress: bool, desc: str | None = None):
+        if not progress:
+            return seq
+        from tqdm.auto import tqdm
+
+        return tqdm(seq, desc=desc or self.name, leave=False)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        return f"{type(self).__name__}({args})"

@@ -1,0 +1,119 @@
+"""DDRM: Denoising Diffusion Restoration Models (Kawar, Elad, Ermon, Song 2022), arXiv:2201.11793.
+
+DDRM samples in the spectral domain of ``A = U S V^T``. Write ``x_bar = V^T x`` for spectral
+coordinates, ``y_bar_i = (U^T y)_i / s_i`` for the observed ones (``s_i > 0``), whose noise has std
+``sigma_y / s_i``. The paper works with the variance-exploding variable ``x_t = x_0 + sigma_t n``; we
+keep the VP state of the prior and convert, with ``sigma_t = sqrt((1 - abar_t) / abar_t)`` and
+``x_ve = x_vp / sqrt(abar_t)`` (exact: both parametrise the same Gaussian path). With
+``x_bar_theta = V^T x0(x_{t+1}, t+1)`` the prior's Tweedie estimate, each step samples (eq. 8)
+
+    s_i = 0:                N( x_bar_theta + sqrt(1 - eta^2) sigma_t (x_bar_{t+1} - x_bar_theta) / sigma_{t+1},
+                               eta^2 sigma_t^2 )
+    sigma_t <  sigma_y/s_i: N( x_bar_theta + sqrt(1 - eta^2) sigma_t (y_bar - x_bar_theta) / (sigma_y / s_i),
+                               eta^2 sigma_t^2 )
+    sigma_t >= sigma_y/s_i: N( (1 - eta_b) x_bar_theta + eta_b y_bar,  sigma_t^2 - eta_b^2 sigma_y^2 / s_i^2 )
+
+and the first state is (eq. 7) ``x_bar_T,i ~ N(y_bar_i, sigma_T^2 - sigma_y^2 / s_i^2)`` where
+``s_i > 0`` and ``sigma_T >= sigma_y / s_i``; the other coordinates start from the VP prior
+``x_T ~ N(0, I)`` (VE variance ``1 / abar_T``, i.e. ``sigma_T^2 + 1``: the paper's ``N(0, sigma_T^2)``
+up to the unit data variance that the VE form neglects). The paper's eq. 7 assumes
+``sigma_T >= sigma_y / s_i`` for every observed coordinate; coordinates with tiny ``s_i`` violate it and
+are started like unobserved ones (they are then pulled towards ``y_bar`` by the middle case).
+
+The last step goes to the clean end (``sigma = 0``), where every case has zero variance: the output
+is ``x_bar_theta`` in unobserved and noisy coordinates and ``(1 - eta_b) x_bar_theta + eta_b y_bar``
+where ``sigma_y = 0`` (so ``eta_b = 1`` gives ``A x = y`` exactly). Singular values at or below the
+operator's ``pinv_threshold`` are treated as zero (unobserved), as its pseudo-inverse does.
+Timesteps: uniform skip over the prior's schedule (``steps`` network evaluations).
+
+Example
+-------
+>>> solver = get("ddrm", prior, steps=20, eta=0.85, eta_b=1.0)                  # doctest: +SKIP
+>>> x = solver(y, op, sigma_y=0.05, generator=torch.Generator().manual_seed(0)) # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .base import Solver, randn, register
+from .ddnm import _svd_singulars_full
+
+
+@register
+class DDRM(Solver):
+    """DDRM (Kawar et al. 2022): variational posterior sampling in the operator's spectral domain."""
+
+    name = "ddrm"
+    description = "DDRM (Kawar et al. 2022): spectral-domain posterior sampling; needs an SVD operator"
+    defaults = {"steps": 20, "eta": 0.85, "eta_b": 1.0}
+    requires_svd = True
+
+    def validate_params(self) -> None:
+        super().validate_params()
+        if not 0.0 <= float(self.params["eta_b"]) <= 1.0:
+            raise ValueError(f"eta_b must be in [0, 1], got {self.params['eta_b']}")
+
+    def _solve(self, y, op, sigma_y, generator, progress, callback):
+        prior = self.prior
+        eta, eta_b = float(self.params["eta"]), float(self.params["eta_b"])
+        y_z, sigma_z = self.measurement_to_model(y, op, sigma_y)
+        B, n = y.shape[0], op.n
+        like = y_z
+
+        s = _svd_singulars_full(op, like)  # (n,), zeros = unobserved
+        obs = s > 0
+        safe_s = torch.where(obs, s, torch.ones_like(s))
+        k = op.singulars().numel()
+        u = op.Ut(y_z)[:, :k]
+        y_bar = torch.zeros((B, n), dtype=like.dtype, device=like.device)
+        y_bar[:, :k] = u / safe_s[:k]
+        y_bar = torch.where(obs, y_bar, torch.zeros_like(y_bar))
+        # std of the noise of y_bar; +inf where unobserved
+        noise = torch.where(obs, sigma_z / safe_s, torch.full_like(s, math.inf))
+
+        ts = [int(t) for t in self.timesteps().tolist()]
+        grid = ts + [-1]
+        abar = [float(prior.schedule.alpha_bar(t)) for t in grid]
+        sig = [math.sqrt((1.0 - a) / a) for a in abar]  # VE noise levels; 0 at the clean end
+
+        # Initial state, eq. 7 (VE spectral coordinates).
+        z = randn((B, n), generator, like)
+        sig_T = sig[0]
+        start_obs = obs & (sig_T >= noise)
+        x_bar = torch.where(
+            start_obs,
+            y_bar
+            + (sig_T**2 - torch.where(start_obs, noise, torch.zeros_like(noise)) ** 2).clamp_min(0).sqrt()
+            * z,
+            z / math.sqrt(abar[0]),
+        )
+        x0_bar = x_bar
+        for i in self.iterate(range(len(ts)), progress):
+            t, ab_t = grid[i], abar[i]
+            sig_t, sig_n = sig[i], sig[i + 1]
+            x_t = math.sqrt(ab_t) * op.V(x_bar)  # VP state
+            x0 = prior.x0(x_t, t)
+            if callback is not None:
+                callback(i, x_t, prior.to_image(x0))
+            x0_bar = op.Vt(x0)
+            z = randn((B, n), generator, like)
+            c = math.sqrt(max(1.0 - eta**2, 0.0))
+            # unobserved (s_i = 0), eq. 8 first case
+            mean_u = x0_bar + c * sig_n * (x_bar - x0_bar) / sig_t
+            std_u = torch.full_like(s, eta * sig_n)
+            # observed, sigma_t < sigma_y / s_i: pulled towards y_bar
+            weak = obs & (sig_n < noise)
+            safe_noise = torch.where(weak, noise, torch.ones_like(noise))
+            mean_w = x0_bar + c * sig_n * (y_bar - x0_bar) / safe_noise
+            # observed, sigma_t >= sigma_y / s_i
+            strong = obs & ~weak
+            mean_s = (1.0 - eta_b) * x0_bar + eta_b * y_bar
+            fin = torch.where(strong, noise, torch.zeros_like(noise))
+            std_s = (sig_n**2 - (eta_b * fin) ** 2).clamp_min(0.0).sqrt()
+            mean = torch.where(strong, mean_s, torch.where(weak, mean_w, mean_u))
+            std = torch.where(strong, std_s, std_u)
+            x_bar = mean + std * z
+        return prior.to_image(op.V(x_bar))

@@ -1,0 +1,267 @@
+"""DDNM / DDNM+ against exact Gaussian answers (GaussianPrior, float64, tiny images).
+
+Run with ``-s`` to see the measured numbers (posterior-mean errors, variance ratios, usefulness).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from problems import (
+    DenseNoSVD,
+    blind_estimate,
+    box_blur_matrix,
+    correlated_prior,
+    expand,
+    make_measurement,
+    matrix_test_ops,
+    random_wide_matrix,
+    real_test_ops,
+    sample_mean_error,
+    selection_matrix,
+    svd_diagonal_prior,
+    try_spec,
+)
+
+from diffinv import solvers
+from diffinv.operators.dense import MatrixOperator
+
+S6 = (1, 6, 6)
+N6 = 36
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny matmuls: one thread is much faster than two contended ones on a shared machine.
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def matrix_ops(shape=S6):
+    return matrix_test_ops(shape)
+
+
+def real_ops():
+    return real_test_ops()
+
+
+# ---------------------------------------------------------------------- consistency
+ALL_OPS = {**matrix_ops(), "nosvd-wide": DenseNoSVD(random_wide_matrix(N6, 12, seed=3), S6), **real_ops()}
+
+
+@pytest.mark.parametrize("name", sorted(ALL_OPS))
+@pytest.mark.parametrize(
+    "method,params", [("ddnm", {}), ("ddnm", {"noise": "ddim"}), ("ddnm+", {"travel_length": 3})]
+)
+def test_noiseless_consistency(name, method, params):
+    op = ALL_OPS[name]
+    prior = correlated_prior(op.in_shape)
+    _, y = make_measurement(op, prior, 0.0, seed=4, batch=2)
+    x = solvers.get(method, prior, steps=10, **params)(y, op, generator=gen(0))
+    assert x.shape == (2, *op.in_shape)
+    res = (op.A(x) - y).flatten(1).norm(dim=1)
+    assert (res <= 1e-4 * y.flatten(1).norm(dim=1)).all(), (name, res)
+
+
+# ---------------------------------------------------------------------- exactness (diagonal prior)
+def _exact_problem(op):
+    prior = svd_diagonal_prior(op, seed=5)
+    _, y = make_measurement(op, prior, 0.0, seed=6)
+    mean, cov = prior.posterior(op, y, 0.0)
+    return prior, y, mean.reshape(-1), cov
+
+
+EXACT_OPS = {
+    "wide-4x4": MatrixOperator(random_wide_matrix(16, 8, seed=7), (1, 4, 4)),
+    "select-4x4": MatrixOperator(selection_matrix(16, 6, seed=8), (1, 4, 4)),
+}
+_sr = try_spec("sr2", (1, 4, 4))
+if _sr is not None:
+    EXACT_OPS["sr2-4x4"] = _sr
+
+
+@pytest.mark.parametrize("name", sorted(EXACT_OPS))
+@pytest.mark.parametrize("method", ["ddnm", "ddrm"])
+def test_posterior_mean_exact(name, method):
+    """Sample mean over N = 2000 samples matches the exact posterior mean within 5 standard errors.
+
+    With a prior diagonal in V, the range coordinates are fixed by y and each null coordinate is an
+    independent 1-D Gaussian whose mean every (linear, sign-symmetric) update preserves exactly, so
+    the only error is Monte-Carlo: SE_i = sqrt(posterior var_i / N) (exact variance, an upper bound
+    for these under-dispersed samplers).
+    """
+    op = EXACT_OPS[name]
+    prior, y, mean, cov = _exact_problem(op)
+    N = 2000
+    xs = solvers.get(method, prior)(expand(y, N), op, generator=gen(1)).reshape(N, -1)
+    se = (cov.diagonal().clamp_min(0) / N).sqrt()
+    err = (xs.mean(0) - mean).abs()
+    z = (err / (se + 1e-12)).max().item()
+    print(f"\n[{method} exact mean {name}] max |mean err| = {err.max():.2e}, max err/SE = {z:.2f} (tol 5)")
+    assert (err <= 5 * se + 1e-8).all()
+
+
+def test_variance_ddim_mode_matches_and_default_underdisperses():
+    """Posterior variances, diagonal prior, N = 2000, 1000 steps.
+
+    noise="ddim", eta = 1 is DDPM ancestral sampling with the range replaced: per-pixel variance
+    ratios must be within 0.15 of 1. Basis: sample-variance SE sqrt(2/N) = 3.2%, plus the known
+    discretisation bias of the DDPM step at 1000 steps with an exact denoiser (1.5-4% too small for
+    model-space variances 0.04-0.24, computed from the linear recursion), so 0.15 ~ 4% + 3.5 SE.
+    The trace ratio (all pixels pooled) must be in [0.87, 1.10].
+    DDNM's own update (eta = 0.85) is not marginal preserving and under-disperses: trace ratio < 0.9.
+    """
+    op = EXACT_OPS["wide-4x4"]
+    prior, y, mean, cov = _exact_problem(op)
+    N = 2000
+    var = cov.diagonal()
+    null = var > 1e-10
+    ratios = {}
+    for label, params in [("ddim eta=1", {"noise": "ddim", "eta": 1.0}), ("ddnm eta=0.85", {})]:
+        xs = solvers.get("ddnm", prior, steps=1000, **params)(expand(y, N), op, generator=gen(2)).reshape(
+            N, -1
+        )
+        r = xs.var(0)[null] / var[null]
+        ratios[label] = (r, (xs.var(0).sum() / var.sum()).item())
+        print(
+            f"\n[ddnm variance, {label}] trace ratio {ratios[label][1]:.3f}, per-pixel "
+            f"[{r.min():.3f}, {r.max():.3f}]"
+        )
+    r, tr = ratios["ddim eta=1"]
+    assert ((r - 1).abs() <= 0.15).all()
+    assert 0.87 <= tr <= 1.10
+    assert ratios["ddnm eta=0.85"][1] < 0.9
+
+
+# ---------------------------------------------------------------------- usefulness (correlated prior)
+USE_OPS = {**matrix_ops(), **{k: v for k, v in real_ops().items() if k != "ct8"}}
+
+
+@pytest.mark.parametrize("name", sorted(USE_OPS))
+def test_ddnm_beats_blind_estimate(name):
+    op = USE_OPS[name]
+    prior = correlated_prior(op.in_shape)
+    _, y = make_measurement(op, prior, 0.0, seed=9)
+    mean, _ = prior.posterior(op, y, 0.0)
+    base = float((blind_estimate(op, y, prior) - mean).norm())
+    xs = solvers.get("ddnm", prior)(expand(y, 200), op, generator=gen(3))
+    err = sample_mean_error(xs, mean)
+    print(f"\n[usefulness noiseless {name}] ddnm {err:.4f}  blind baseline {base:.4f}")
+    if base < 1e-8:  # A injective on this problem: both exact
+        assert err < 1e-6
+    else:
+        assert err < 0.75 * base
+
+
+NOISY_OPS = {**USE_OPS, "nosvd-wide": DenseNoSVD(random_wide_matrix(N6, 12, seed=3), S6)}
+
+
+@pytest.mark.parametrize("sigma_y", [0.05, 0.1])
+@pytest.mark.parametrize("name", sorted(NOISY_OPS))
+def test_ddnm_plus_beats_blind_estimate_noisy(name, sigma_y):
+    op = NOISY_OPS[name]
+    prior = correlated_prior(op.in_shape)
+    _, y = make_measurement(op, prior, sigma_y, seed=10)
+    mean, _ = prior.posterior(op, y, sigma_y)
+    base = float((blind_estimate(op, y, prior) - mean).norm())
+    xs = solvers.get("ddnm+", prior)(expand(y, 200), op, sigma_y=sigma_y, generator=gen(4))
+    err = sample_mean_error(xs, mean)
+    ref = float((prior.mean[None] - mean).norm())  # reference only: the prior mean
+    print(
+        f"\n[usefulness sigma_y={sigma_y} {name}] ddnm+ {err:.4f}  blind baseline {base:.4f}  "
+        f"(prior mean {ref:.4f})"
+    )
+    assert err < base
+
+
+# ---------------------------------------------------------------------- DDNM+ specifics
+@pytest.mark.parametrize("opname", ["wide", "nosvd"])
+@pytest.mark.parametrize("noise", ["ddnm", "ddim"])
+def test_ddnm_plus_zero_noise_is_ddnm(opname, noise):
+    op = matrix_ops()["wide"] if opname == "wide" else DenseNoSVD(random_wide_matrix(N6, 12, seed=3), S6)
+    prior = correlated_prior(S6)
+    _, y = make_measurement(op, prior, 0.0, seed=11, batch=3)
+    a = solvers.get("ddnm", prior, steps=25, noise=noise)(y, op, generator=gen(5))
+    b = solvers.get("ddnm+", prior, steps=25, noise=noise)(y, op, sigma_y=0.0, generator=gen(5))
+    assert torch.equal(a, b)
+
+
+def test_time_travel_cost_and_effect():
+    op = matrix_ops()["select"]
+    prior = correlated_prior(S6)
+    _, y = make_measurement(op, prior, 0.05, seed=12, batch=2)
+    plain = solvers.get("ddnm+", prior, steps=20)
+    travel = solvers.get("ddnm+", prior, steps=20, travel_length=5, travel_repeat=2)
+    xa = plain(y, op, sigma_y=0.05, generator=gen(6))
+    xb = travel(y, op, sigma_y=0.05, generator=gen(6))
+    # jump points at grid positions 5, 10, 15 (not at the end), each redone r = 2 times over L = 5 steps
+    assert plain.last_nfe == 20
+    assert travel.last_nfe == 20 + 3 * 2 * 5
+    assert not torch.equal(xa, xb)
+    xc = travel(y, op, sigma_y=0.05, generator=gen(6))
+    assert torch.equal(xb, xc)
+
+
+def test_ddnm_plus_spectral_scaling_handles_tiny_singular_values():
+    """Noisy deblurring with singular values down to ~1e-8: finite output, no noise blow-up."""
+    op = try_spec("deblur-gauss", S6) or MatrixOperator(box_blur_matrix(S6), S6)
+    prior = correlated_prior(S6)
+    x, y = make_measurement(op, prior, 0.1, seed=13, batch=4)
+    out = solvers.get("ddnm+", prior, steps=20)(y, op, sigma_y=0.1, generator=gen(7))
+    assert torch.isfinite(out).all()
+    assert (out - x).abs().max() < 2.0
+
+
+# ---------------------------------------------------------------------- API behaviour
+def test_determinism_and_callback():
+    op = matrix_ops()["wide"]
+    prior = correlated_prior(S6)
+    _, y = make_measurement(op, prior, 0.0, seed=14, batch=2)
+    calls = []
+    solver = solvers.get("ddnm", prior, steps=10)
+    a = solver(y, op, generator=gen(8), callback=lambda i, xt, x0: calls.append((i, xt.shape, x0.shape)))
+    b = solver(y, op, generator=gen(8))
+    c = solver(y, op, generator=gen(9))
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+    assert [i for i, _, _ in calls] == list(range(10))
+    assert calls[0][2] == (2, *S6)
+    assert solver.last_nfe == 10 and solver.last_seconds > 0
+
+
+def test_float32_and_model_space():
+    op = matrix_ops()["select"]
+    prior = correlated_prior(S6)  # model space [-1, 1]: scale 0.5, shift 0.5
+    _, y = make_measurement(op, prior, 0.0, seed=15, batch=2)
+    x = solvers.get("ddnm", prior, steps=10)(y.float(), op, generator=gen(10))
+    assert x.dtype == torch.float32
+    assert (op.A(x.double()) - y).abs().max() < 1e-5
+
+
+def test_bad_inputs():
+    op = matrix_ops()["wide"]
+    prior = correlated_prior(S6)
+    _, y = make_measurement(op, prior, 0.0, seed=16)
+    solver = solvers.get("ddnm+", prior, steps=5)
+    with pytest.raises(ValueError, match="NaN"):
+        solver(torch.full_like(y, float("nan")), op)
+    with pytest.raises(ValueError, match="sigma_y"):
+        solver(y, op, sigma_y=-0.1)
+    with pytest.raises(ValueError, match="unknown method"):
+        solvers.get("ddnm++", prior)
+    with pytest.raises(ValueError, match="unknown parameter"):
+        solvers.get("ddnm", prior, travel_length=3)  # travel is DDNM+ only
+    with pytest.raises(ValueError, match="noise"):
+        solvers.get("ddnm", prior, noise="ddpm")
+    with pytest.raises(ValueError, match="travel_length"):
+        solvers.get("ddnm+", prior, travel_length=-1)
+    with pytest.raises(ValueError, match="eta"):
+        solvers.get("ddnm", prior, eta=1.5)
+    with pytest.raises(ValueError, match="prior"):
+        solvers.get("ddnm")

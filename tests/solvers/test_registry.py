@@ -1,0 +1,73 @@
+"""Registry entries of the DDNM / DDRM / DDIM / classical solvers, and the DDIM baseline."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from problems import correlated_prior, make_measurement, matrix_test_ops
+
+from diffinv import solvers
+from diffinv.solvers.base import _REGISTRY
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+MINE = {
+    "ddnm": True,
+    "ddnm+": True,
+    "ddrm": True,
+    "ddim": True,
+    "pinv": False,
+    "fista-tv": False,
+    "cg-tikhonov": False,
+}
+
+
+def test_available_lists_methods_with_descriptions():
+    avail = solvers.available()
+    for name, needs_prior in MINE.items():
+        assert name in avail, name
+        assert isinstance(avail[name], str) and 10 < len(avail[name]) and "\n" not in avail[name]
+        cls = _REGISTRY[name]
+        assert cls.needs_prior is needs_prior
+        assert isinstance(cls.defaults, dict)
+    assert _REGISTRY["ddrm"].requires_svd
+    assert not any(_REGISTRY[n].requires_svd for n in MINE if n != "ddrm")
+
+
+@pytest.mark.parametrize("name", sorted(MINE))
+def test_get_defaults_and_unknown_params(name):
+    prior = correlated_prior((1, 4, 4)) if MINE[name] else None
+    solver = solvers.get(name, prior)
+    assert solver.params == _REGISTRY[name].defaults
+    for key, value in solver.params.items():
+        assert getattr(solver, key) == value
+    with pytest.raises(ValueError, match="unknown parameter"):
+        solvers.get(name, prior, not_a_parameter=1)
+    assert name in repr(solver) or type(solver).__name__ in repr(solver)
+
+
+def test_defaults_as_specified():
+    assert _REGISTRY["ddnm"].defaults == {"steps": 100, "eta": 0.85, "noise": "ddnm"}
+    assert _REGISTRY["ddnm+"].defaults["travel_length"] == 0
+    assert _REGISTRY["ddrm"].defaults == {"steps": 20, "eta": 0.85, "eta_b": 1.0}
+    assert _REGISTRY["ddim"].defaults == {"steps": 100, "eta": 0.0}
+
+
+def test_ddim_ignores_y():
+    op = matrix_test_ops((1, 6, 6))["wide"]
+    prior = correlated_prior((1, 6, 6))
+    _, y = make_measurement(op, prior, 0.0, seed=0, batch=3)
+    solver = solvers.get("ddim", prior, steps=20)
+    a = solver(y, op, generator=torch.Generator().manual_seed(1))
+    b = solver(torch.zeros_like(y), op, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and a.shape == (3, 1, 6, 6)
+    assert solver.last_nfe == 20
+    c = solvers.get("ddim", prior, steps=20, eta=1.0)(y, op, generator=torch.Generator().manual_seed(1))
+    assert not torch.allclose(a, c)
