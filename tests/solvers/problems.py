@@ -190,7 +190,7 @@ def expand(y: torch.Tensor, N: int) -> torch.Tensor:
     return y.expand(N, *y.shape[1:]).contiguous()
 
 
-def sample_mean_error(
+def mc_mean_error(
     solver, op, y: torch.Tensor, target: torch.Tensor, sigma_y: float = 0.0, num: int = 300, seed: int = 0
 ):
     """(||mean of num samples - target||, samples): the samples are drawn as ONE batch (y repeated)."""

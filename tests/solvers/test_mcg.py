@@ -11,7 +11,7 @@ from problems import (
     blur_operator,
     correlated_prior,
     make_measurement,
-    sample_mean_error,
+    mc_mean_error,
     selection_operator,
     wide_operator,
 )
@@ -64,7 +64,7 @@ def test_sample_mean_beats_correlation_blind_estimate(prior, form, opname):
     post_mean, _ = prior.posterior(op, y, 0.0)
     blind = (blind_estimate(op, y, prior) - post_mean).norm().item()
     solver = solvers.get("mcg", prior, form=form, steps=STEPS, grad_weight=0.03)
-    err, _ = sample_mean_error(solver, op, y, post_mean, num=NUM)
+    err, _ = mc_mean_error(solver, op, y, post_mean, num=NUM)
     print(f"mcg-{form} {opname} noiseless: |mean - posterior mean| = {err:.4f}, blind = {blind:.4f}")
     assert err < 0.5 * blind
 
@@ -77,7 +77,7 @@ def test_noisy_sample_mean_beats_correlation_blind_estimate(prior, opname):
     post_mean, _ = prior.posterior(op, y, sigma_y)
     blind = (blind_estimate(op, y, prior) - post_mean).norm().item()
     solver = solvers.get("mcg", prior, steps=STEPS, grad_weight=0.03)  # VP, W = I (auto)
-    err, _ = sample_mean_error(solver, op, y, post_mean, sigma_y=sigma_y, num=NUM)
+    err, _ = mc_mean_error(solver, op, y, post_mean, sigma_y=sigma_y, num=NUM)
     print(f"mcg-vp {opname} sigma_y={sigma_y}: |mean - posterior mean| = {err:.4f}, blind = {blind:.4f}")
     assert err < 0.5 * blind
 
@@ -93,7 +93,7 @@ def test_real_ct_operator(prior):
     solver = solvers.get(
         "mcg", prior8, form="ve", steps=50, grad_weight=0.2, weight_matrix="identity", null_space_grad=False
     )  # SART projection (A >= 0), no pinv per step
-    err, x = sample_mean_error(solver, op, y, post_mean, num=200)
+    err, x = mc_mean_error(solver, op, y, post_mean, num=200)
     print(f"mcg-ve ct4 (8x8): |mean - posterior mean| = {err:.4f}, blind = {blind:.4f}")
     assert err < blind
     assert ((op.A(x) - y).flatten(1).norm(dim=1) <= 1e-4 * y.norm()).all()
@@ -109,7 +109,7 @@ def test_gradient_improves_on_projection_only(prior, form, weight):
     errs = {}
     for gw in (0.0, weight):
         solver = solvers.get("mcg", prior, form=form, steps=STEPS, grad_weight=gw)
-        errs[gw], _ = sample_mean_error(solver, op, y, post_mean, num=NUM, seed=5)
+        errs[gw], _ = mc_mean_error(solver, op, y, post_mean, num=NUM, seed=5)
     print(f"mcg-{form}: error with gradient {errs[weight]:.4f}, projection only {errs[0.0]:.4f}")
     assert errs[weight] < 0.9 * errs[0.0]
 
@@ -238,3 +238,18 @@ def test_parameters(prior):
     ):
         with pytest.raises(ValueError):
             solvers.get("mcg", prior, **bad)
+
+
+@pytest.mark.parametrize("name", ["inpaint-box", "sr2"])
+def test_real_operators_vp(name):
+    spec = pytest.importorskip("diffinv.operators.spec")
+    shape = (1, 8, 8)
+    prior8 = correlated_prior(shape)
+    op = spec.from_spec(name, shape)
+    _, y = make_measurement(op, prior8, 0.0, seed=1)
+    post_mean, _ = prior8.posterior(op, y, 0.0)
+    blind = (blind_estimate(op, y, prior8) - post_mean).norm().item()
+    err, x = mc_mean_error(solvers.get("mcg", prior8, steps=50, grad_weight=0.05), op, y, post_mean, num=200)
+    print(f"mcg-vp {name} (8x8): |mean - posterior mean| = {err:.4f}, blind = {blind:.4f}")
+    assert err < 0.5 * blind
+    assert ((op.A(x) - y).flatten(1).norm(dim=1) <= 1e-4 * y.norm()).all()

@@ -11,7 +11,7 @@ from problems import (
     blur_operator,
     correlated_prior,
     make_measurement,
-    sample_mean_error,
+    mc_mean_error,
     selection_operator,
     wide_operator,
 )
@@ -59,9 +59,7 @@ def test_sample_mean_beats_correlation_blind_estimate(prior, opname, lam):
     _, y = make_measurement(op, prior, 0.0, seed=1)
     post_mean, _ = prior.posterior(op, y, 0.0)
     blind = (blind_estimate(op, y, prior) - post_mean).norm().item()
-    err, _ = sample_mean_error(
-        solvers.get("score-proj", prior, steps=STEPS, lam=lam), op, y, post_mean, num=NUM
-    )
+    err, _ = mc_mean_error(solvers.get("score-proj", prior, steps=STEPS, lam=lam), op, y, post_mean, num=NUM)
     print(f"score-proj lam={lam} {opname}: |mean - posterior mean| = {err:.4f}, blind = {blind:.4f}")
     assert err < 0.5 * blind
 
@@ -74,7 +72,7 @@ def test_real_ct_operator():
     _, y = make_measurement(op, prior8, 0.0, seed=1)
     post_mean, _ = prior8.posterior(op, y, 0.0)
     blind = (blind_estimate(op, y, prior8) - post_mean).norm().item()
-    err, x = sample_mean_error(solvers.get("score-proj", prior8, steps=30), op, y, post_mean, num=100)
+    err, x = mc_mean_error(solvers.get("score-proj", prior8, steps=30), op, y, post_mean, num=100)
     print(f"score-proj ct4 (8x8): |mean - posterior mean| = {err:.4f}, blind = {blind:.4f}")
     assert err < blind
     assert ((op.A(x) - y).flatten(1).norm(dim=1) <= 1e-4 * y.norm()).all()

@@ -3,15 +3,15 @@
 Reference: H. Chung, J. Kim, M. T. Mccann, M. L. Klasky, J. C. Ye, "Diffusion Posterior Sampling
 for General Noisy Inverse Problems", ICLR 2023, arXiv:2209.14687.
 
-The likelihood p(y | x_t) is approximated by p(y | x0|t) with the Tweedie estimate x0|t (eq. 11 /
-Theorem 1), so that its gradient w.r.t. x_t is a vector-Jacobian product through the network.
+The likelihood p(y | x_t) is approximated by p(y | x0|t) with the Tweedie estimate x0|t (the paper's
+Section 3), so that its gradient w.r.t. x_t is a vector-Jacobian product through the network.
 Algorithm 1 (Gaussian measurement noise), for i = N-1, ..., 0:
 
     x0|i      = (x_i - sqrt(1 - abar_i) eps(x_i, i)) / sqrt(abar_i)                       (Tweedie)
     x'_{i-1}  = DDPM ancestral step from x_i with x0|i (eta = 1 DDIM = q(x_{i-1} | x_i, x0|i))
     x_{i-1}   = x'_{i-1} - zeta_i grad_{x_i} || y - A x0|i ||_2^2,   zeta_i = zeta / || y - A x0|i ||
 
-(the step size of Appendix C: a constant zeta divided by the residual norm). Since
+(the paper's step-size rule: a constant zeta divided by the residual norm). Since
 ``grad ||r||^2 / ||r|| = 2 grad ||r||``, this is ``x'_{i-1} + 2 zeta (d x0|i / d x_i)^T A^T r / ||r||``
 with ``r = y - A x0|i``; the authors' released code applies ``scale * grad ||r||`` instead, so their
 ``scale`` equals ``2 zeta`` here (zeta = 0.5 reproduces scale = 1). Residual norms are taken per
@@ -19,8 +19,8 @@ sample (the paper runs one image at a time), in the model space of the prior. Th
 the last iterate x_{-1} (x0|0 after the final gradient step); no projection, so ``A x = y`` holds
 only approximately.
 
-Defaults: 1000 steps and zeta = 1.0. The paper tunes zeta per task and dataset (Appendix C.2: values
-between about 0.3 and 1 for FFHQ / ImageNet, in their code's scale convention); small images have
+Defaults: 1000 steps and zeta = 1.0. The paper tunes zeta per task and dataset (values between about 0.3
+and 1 for FFHQ / ImageNet in its experimental details, in their code's scale convention); small images have
 small residual norms, so the per-pixel step grows as the image shrinks and a smaller zeta is needed
 (the Gaussian tests use 16-pixel images).
 

@@ -6,12 +6,13 @@ using Manifold Constraints", NeurIPS 2022, arXiv:2206.00941.
 Projection-based solvers alternate an unconditional reverse-diffusion step with a projection onto
 the (noised) measurement set; MCG adds, between the two, a gradient step of the data misfit of the
 Tweedie estimate, taken w.r.t. the current noisy state *through the network* so that the update
-stays near the data manifold (Section 3, eqs. 13-16, Figure 1 steps 1-5):
+stays near the data manifold (Section 3, eqs. 13-16; the numbers on the right are the steps of
+Figure 1):
 
-    x0|i      = E[x_0 | x_i]   (Tweedie, from the network)                                     (1-2)
+    x0|i      = E[x_0 | x_i]   (Tweedie, from the network)                                     (2)
     x'_{i-1}  = unconditional reverse step from x_i                                            (1)
-    x''_{i-1} = x'_{i-1} - alpha_i d/dx_i || W (y - A x0|i) ||_2^2                              (3, eq. 14)
-    x_{i-1}   = projection of x''_{i-1} onto {x : A x = y_{i-1}},  y_{i-1} ~ q(y_{i-1} | y)     (4-5, eq. 15)
+    x''_{i-1} = x'_{i-1} - alpha_i d/dx_i || W (y - A x0|i) ||_2^2                              (3)
+    x_{i-1}   = projection of x''_{i-1} onto {x : A x = y_{i-1}},  y_{i-1} ~ q(y_{i-1} | y)     (4-5)
 
 W = I (``weight_matrix="identity"``) or W = A^+ (``"pinv"``, the weighting the paper uses for CT).
 The step size is normalised by the residual norm like DPS, alpha_i = alpha / ||W (y - A x0|i)||,
@@ -27,7 +28,7 @@ the projection is onto the measurement noised to the level of x_{i-1},
 
     y_{i-1} = sqrt(abar_{i-1}) y + sqrt(1 - abar_{i-1}) A z,     x_{i-1} = x'' + A^+ (y_{i-1} - A x'')
 
-(eq. 15 with A^+: for masks and colour projections A^+ = A^T, as in the paper). At the last step
+(the projection written with A^+: for masks and colour projections A^+ = A^T, as in the paper). At the last step
 abar = 1, y_{-1} = y and x_{-1} = x0|0 - (MCG step), projected: the output satisfies A x = y to
 round-off. With measurement noise (sigma_y > 0) a hard projection would copy the noise into the
 image, so the projection is relaxed to the Tikhonov step
@@ -52,8 +53,7 @@ predictor-corrector sampling (score-SDE) over the VE view of the prior, sigma_i 
 with sigma_{-1} = 0 and the last predictor's mean returned (noise removal). The MCG gradient is
 restricted to the null space of A (Figure 1, step 4 "orthogonal complement"), because the relaxed
 projection does not overwrite its range-space part (``null_space_grad=False`` skips this, saving
-one A^+ per step). The relaxed projection is the SART-type
-normalised step of the authors' CT code (``AtA_ones`` is A^T A 1, elementwise division, 0 where it
+one A^+ per step). The relaxed projection is the SART-type normalised step of the authors' CT code (``AtA_ones`` is A^T A 1, elementwise division, 0 where it
 vanishes); ``ve_projection="pinv"`` uses ``lam_i A^+ (y_i - A x'')`` instead, and ``"auto"`` picks
 SART when A^T A 1 > 0 wherever the operator sees the image (non-negative operators: masks, blur, CT)
 and the pseudo-inverse otherwise (e.g. random +-1 matrices, where A^T A 1 changes sign).
@@ -68,8 +68,7 @@ default: 1.0 for VP (alpha_i = 1 / ||W r||, the DPS-style normalisation) and 0.0
 the authors' CT weight 0.1 on ``d||A^+ r||/dx`` written in this alpha / ||W r|| * d||W r||^2
 convention. ``weight_matrix="auto"`` is W = I for VP (DPS-like; robust to measurement noise, which
 A^+ amplifies for ill-conditioned A) and W = A^+ for VE (the authors' CT code); the two coincide
-for masks.
-Langevin snr 0.16 (the authors' CT script). Small problems (the Gaussian tests) need smaller alpha:
+for masks. Langevin snr 0.16 (the authors' CT script). Small problems (the Gaussian tests) need smaller alpha:
 the normalised step has a fixed length per iteration, large relative to a 16-pixel image.
 
 NFE: VP one evaluation per step (with back-propagation when grad_weight > 0); VE two per step.

@@ -4,7 +4,7 @@ Reference: J. Song, A. Vahdat, M. Mardani, J. Kautz, "Pseudoinverse-Guided Diffu
 Inverse Problems", ICLR 2023.
 
 The conditional score adds to the prior's score the gradient of a Gaussian approximation of
-p_t(y | x_t) centred on the Tweedie estimate x0|t with covariance r_t^2 I around it (eq. 6-8):
+p_t(y | x_t) centred on the Tweedie estimate x0|t with covariance r_t^2 I around it (eq. 7-8):
 
     p_t(y | x_t) ~= N(A x0|t, r_t^2 A A^T + sigma_y^2 I)
     g = ((y - A x0|t)^T (r_t^2 A A^T + sigma_y^2 I)^{-1} A  d x0|t / d x_t)^T                 (eq. 8)

@@ -7,10 +7,10 @@ The paper writes the measurement operator as A = P(Lambda) T with an invertible 
 full-view sinogram / the Fourier transform) followed by a subsampling mask Lambda. Unconditional
 score-SDE sampling is made conditional by (i) noising the measurement to the current level,
 
-    y_i = y + sigma_i A z,          z ~ N(0, I) in image space                           (eq. 7, VE)
+    y_i = y + sigma_i A z,          z ~ N(0, I) in image space            (a sample of p_i(y_i | y), VE)
 
 and (ii) mixing it with the current sample in the transformed domain, with weight lambda in [0, 1]
-(eq. 9-10, the solution of a proximal problem):
+(the solution of a proximal problem that trades the two off):
 
     x' = T^{-1} [ lambda Lambda P^{-1}(Lambda) y_i + (1 - lambda) Lambda T x + (I - Lambda) T x ]
        = x + lambda T^{-1} P(Lambda)^T (y_i - A x).
