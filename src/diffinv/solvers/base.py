@@ -43,13 +43,18 @@ def available() -> dict[str, str]:
     return {name: cls.description for name, cls in sorted(_REGISTRY.items())}
 
 
-def get(name: str, prior: Prior | None = None, **params) -> Solver:
-    """Build the solver registered as ``name`` with hyperparameters ``params``."""
+def get_class(name: str) -> type[Solver]:
+    """The solver class registered as ``name`` (ValueError listing the names if unknown)."""
     _load_all()
     cls = _REGISTRY.get(name)
     if cls is None:
         raise ValueError(f"unknown method {name!r}; available: {', '.join(sorted(_REGISTRY))}")
-    return cls(prior=prior, **params)
+    return cls
+
+
+def get(name: str, prior: Prior | None = None, **params) -> Solver:
+    """Build the solver registered as ``name`` with hyperparameters ``params``."""
+    return get_class(name)(prior=prior, **params)
 
 
 def _load_all() -> None:
