@@ -58,11 +58,14 @@ class TrainConfig:
     device: str = "cpu"
     checkpoint_minutes: float = 5.0
     sample_every: int = 2000  # steps between sample grids (0: only at the end)
+    sample_count: int = 16
+    sample_steps: int = 50
     block_out_channels: tuple[int, ...] = (32, 48, 64, 96)
     attention_levels: tuple[int, ...] = (2,)  # indices of levels that use self-attention
     norm_num_groups: int = 8
     attention_head_dim: int = 16
     quiet: bool = False
+    init_from: str = ""  # a diffusers folder (e.g. a shipped prior) to start from instead of random weights
     name: str = ""
     notes: dict = field(default_factory=dict)
 
@@ -260,6 +263,21 @@ def save_samples(unet, cfg: TrainConfig, path: Path, n: int = 16, steps: int = 5
 # ---------------------------------------------------------------------------------------- training
 
 
+def _init_weights(unet, folder: Path) -> None:
+    """Load weights of a diffusers folder (its ``unet/`` or the folder itself) into ``unet``, strictly."""
+    from safetensors.torch import load_file
+
+    candidates = [folder / "unet" / "diffusion_pytorch_model.safetensors", folder / "diffusion_pytorch_model.safetensors"]
+    path = next((p for p in candidates if p.is_file()), None)
+    if path is None:
+        raise ValueError(f"init_from: no diffusion_pytorch_model.safetensors in {folder} or {folder / 'unet'}")
+    state = {k: v.float() for k, v in load_file(str(path)).items()}
+    try:
+        unet.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"init_from: weights in {path} do not fit this architecture ({str(exc)[:200]})") from exc
+
+
 def _step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
@@ -272,6 +290,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     device = torch.device(cfg.device)
     torch.manual_seed(cfg.seed)
     unet = make_unet(cfg).to(device)
+    if cfg.init_from and not resume:
+        _init_weights(unet, Path(cfg.init_from))
     ema = make_unet(cfg).to(device)
     ema.load_state_dict(unet.state_dict())
     ema.requires_grad_(False)
@@ -348,12 +368,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             export_diffusers(ema, cfg, out)
             last_ckpt = time.monotonic()
         if cfg.sample_every and state["step"] % cfg.sample_every == 0 and state["step"] < cfg.steps:
-            save_samples(ema, cfg, out / "samples.png")
+            save_samples(ema, cfg, out / "samples.png", cfg.sample_count, cfg.sample_steps)
     bar.close()
     stop.restore()
     save_checkpoint()
     export_diffusers(ema, cfg, out)
-    save_samples(ema, cfg, out / "samples.png")
+    save_samples(ema, cfg, out / "samples.png", cfg.sample_count, cfg.sample_steps)
     summary = {
         "steps": state["step"],
         "images_seen": state["step"] * cfg.batch,
