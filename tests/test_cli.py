@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from diffinv import cli
+from diffinv import restore
 from diffinv.cli import main
 from diffinv.data.ellipses import shepp_logan
 from diffinv.data.io import load_image, save_image
@@ -319,9 +319,11 @@ def test_failure_mid_run_leaves_no_files(tmp_path, monkeypatch, capsys):
 
 
 def test_param_parsing():
-    parsed = cli._parse_params(["a=1", "b=0.5", "c=true", "d=False", "e=none", "f=ve", "grad-weight=1e-2"])
+    parsed = restore._parse_params(
+        ["a=1", "b=0.5", "c=true", "d=False", "e=none", "f=ve", "grad-weight=1e-2"]
+    )
     assert parsed == {"a": 1, "b": 0.5, "c": True, "d": False, "e": None, "f": "ve", "grad_weight": 0.01}
-    assert cli._ct_size_from_bins(91) == 64 and cli._ct_size_from_bins(46) == 32
+    assert restore._ct_size_from_bins(91) == 64 and restore._ct_size_from_bins(46) == 32
 
 
 def test_entry_point_subprocess(tmp_path):

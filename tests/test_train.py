@@ -113,3 +113,57 @@ def test_shipped_priors_load_offline(name):
     assert prior.image_shape == (c, 64, 64)
     x0 = prior.x0_image(torch.randn(1, c, 64, 64), 300)
     assert x0.shape == (1, c, 64, 64) and torch.isfinite(x0).all()
+
+
+def _unet_weights(folder) -> dict:
+    from safetensors.torch import load_file
+
+    return {
+        k: v.float()
+        for k, v in load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors")).items()
+    }
+
+
+def test_train_cli_init_from_starts_from_the_given_weights(tmp_path, monkeypatch):
+    """``--init-from NAME`` (a shipped prior) and ``--init-from DIR``: training starts from those weights.
+
+    With a vanishing learning rate, one step leaves the weights where they started, so the
+    exported model equals the one it was initialised from (a random start would not).
+    """
+    from diffinv.priors.loading import ASSETS_DIR
+
+    monkeypatch.setattr("diffinv.train.save_samples", lambda *args, **kwargs: None)  # 16 x 50 UNet calls
+    argv = ["train", "--data", "ellipses", "--channels", "1", "--size", "64", "--batch", "1", "--steps", "1"]
+    argv += ["--lr", "1e-12", "--quiet"]
+    shipped = _unet_weights(ASSETS_DIR / "ct-ellipses-64")
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main([*argv, "--out", str(a), "--init-from", "ct-ellipses-64"]) == 0
+    exported = _unet_weights(a)
+    assert exported.keys() == shipped.keys()
+    for key in shipped:
+        assert torch.allclose(exported[key], shipped[key], atol=1e-6), key
+    assert json.loads((a / "train_config.json").read_text())["init_from"] == str(
+        ASSETS_DIR / "ct-ellipses-64"
+    )
+    # a folder written by diffinv train works too
+    assert main([*argv, "--out", str(b), "--init-from", str(a)]) == 0
+    again = _unet_weights(b)
+    assert all(torch.allclose(again[k], exported[k], atol=1e-6) for k in exported)
+
+
+def test_train_cli_init_from_bad_input(tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["train", "--data", "ellipses", "--channels", "1", "--out", str(out), "--steps", "1", "--quiet"]
+    assert main([*argv, "--init-from", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("diffinv train: error: --init-from") and "no such folder" in err
+    assert "ct-ellipses-64" in err and err.count("\n") == 1
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([*argv, "--init-from", str(empty)]) == 2
+    err = capsys.readouterr().err
+    assert "no diffusion_pytorch_model.safetensors" in err and err.count("\n") == 1
+    assert main([*argv, "--init-from", "natural-64"]) == 2  # 3 channels into a 1-channel model
+    err = capsys.readouterr().err
+    assert "do not fit this architecture" in err and err.count("\n") == 1
+    assert not out.exists()

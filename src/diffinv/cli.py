@@ -10,12 +10,7 @@ with explicit flags overriding the file's values (see :mod:`diffinv.config`).
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import re
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -88,6 +83,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _init_from(value: str | None) -> str:
+    """``--init-from``: a diffusers folder, else the name of a shipped prior ("" when not given)."""
+    from .priors.loading import ASSETS_DIR, shipped_priors
+
+    if not value:
+        return ""
+    if Path(value).exists():
+        return value
+    if value in shipped_priors():
+        return str(ASSETS_DIR / value)
+    raise CLIError(
+        f"--init-from {value}: no such folder, nor a shipped prior ({', '.join(shipped_priors()) or 'none'})"
+    )
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from .train import TrainConfig, train
 
@@ -102,6 +112,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         quiet=args.quiet,
+        init_from=_init_from(args.init_from),
     )
     summary = train(cfg, resume=args.resume)
     print(
@@ -140,382 +151,54 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         quiet=args.quiet,
     )
     if not args.quiet and int(os.environ.get("RANK", "0")) == 0:
-        from pathlib import Path
-
         print((Path(args.out) / "results.md").read_text(encoding="utf-8"), end="")
         print(f"{len(summary)} method(s); per-image metrics, images and figures in {args.out}")
     return 0
 
 
 # ----------------------------------------------------------------------------------- restore
-_CT_PART = re.compile(r"ct(\d+)")
-_SR_PART = re.compile(r"sr(\d+)(?:-bicubic)?")
-_NATURAL_PRIOR, _CT_PRIOR = "natural-64", "ct-ellipses-64"
-
-
-@dataclass
-class _RestoreJob:
-    """One INPUT, loaded and checked: the ground truth ``x`` or the observation ``y``, and its operator."""
-
-    path: Path
-    label: str  # task name in file names and records: the spec, or "inpaint-mask"
-    op: object  # LinearOperator
-    task: object  # what the pipeline gets: the spec string, or the operator (masks)
-    x: torch.Tensor | None = None
-    y: torch.Tensor | None = None
-
-
-def _parse_params(items: Sequence[str] | None) -> dict:
-    """``--param KEY=VALUE`` items -> dict; values parsed as bool / None / int / float / string."""
-    params: dict = {}
-    for item in items or []:
-        key, sep, raw = str(item).partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or not key:
-            raise CLIError(f"--param expects KEY=VALUE, got {item!r}")
-        raw = raw.strip()
-        low = raw.lower()
-        if low in ("true", "false"):
-            value = low == "true"
-        elif low in ("none", "null"):
-            value = None
-        else:
-            try:
-                value = int(raw)
-            except ValueError:
-                try:
-                    value = float(raw)
-                except ValueError:
-                    value = raw
-            if isinstance(value, float) and not math.isfinite(value):
-                raise CLIError(f"--param {key}: value must be finite, got {raw!r}")
-        params[key] = value
-    return params
-
-
-def _spec_parts(spec: str) -> list[str]:
-    return [p.strip() for p in spec.split("+")]
-
-
-def _is_ct(spec: str | None) -> bool:
-    return spec is not None and any(_CT_PART.fullmatch(p) for p in _spec_parts(spec))
-
-
-def _sr_factor(spec: str | None) -> int:
-    """Product of the super-resolution factors in a spec (1 if none)."""
-    k = 1
-    for part in _spec_parts(spec) if spec else []:
-        m = _SR_PART.fullmatch(part)
-        if m:
-            k *= int(m[1])
-    return k
-
-
-def _with_channels(t: torch.Tensor, want: int | None, path: Path, why: str) -> torch.Tensor:
-    """``t`` with ``want`` channels: an RGB file whose channels are equal counts as grayscale."""
-    have = t.shape[1]
-    if want is None or have == want:
-        return t
-    if want == 1 and have == 3:
-        if torch.equal(t[:, :1].expand_as(t), t):
-            return t[:, :1].contiguous()
-        raise CLIError(f"{path} is a colour image, but {why}")
-    raise CLIError(f"{path} is a grayscale image, but {why}")
-
-
-def _ct_size_from_bins(bins: int) -> int | None:
-    """The image size N whose default detector has ``bins = ceil(N sqrt 2)`` bins, if any."""
-    n = max(1, math.floor(bins / math.sqrt(2.0)))
-    for cand in (n - 1, n, n + 1):
-        if cand >= 1 and math.ceil(cand * math.sqrt(2.0)) == bins:
-            return cand
-    return None
-
-
-def _check_spec(spec: str, seed: int) -> None:
-    """Refuse an unknown/malformed task before anything is loaded (built on a stand-in shape)."""
-    from .operators import from_spec
-
-    if _is_ct(spec):
-        if len(_spec_parts(spec)) > 1:
-            raise CLIError(f"task {spec!r}: CT cannot be composed with other degradations")
-        return
-    k = _sr_factor(spec)
-    from_spec(spec, (3, 64 * k, 64 * k), seed=seed)
-
-
-def _restore_channels(spec: str | None, prior, model: str | None) -> tuple[int | None, str]:
-    """Channels of the images to restore (None: any), and why (for error messages)."""
-    c = prior.image_shape[0] if prior is not None else None
-    if _is_ct(spec):
-        if c not in (None, 1):
-            raise CLIError(
-                f"task {spec} reconstructs 1-channel images, but the prior {model} has {c} channels"
-            )
-        return 1, f"{spec} reconstructs single-channel (grayscale) images"
-    if spec and "colorize" in _spec_parts(spec):
-        if c not in (None, 3):
-            raise CLIError(f"colorize needs an RGB (3-channel) prior; {model} has {c} channel(s)")
-        return 3, "colorize needs an RGB ground truth to degrade"
-    if c is not None:
-        kind = "an RGB" if c == 3 else f"a {c}-channel"
-        return c, f"the prior {model} is {kind} model (a classical method such as pinv takes any image)"
-    return None, ""
-
-
-def _prepare_clean(path: Path, args, prior, channels, why) -> _RestoreJob:
-    """Default mode: INPUT is the ground truth; build the operator that degrades it."""
-    from .data.io import load_image
-    from .operators import Inpaint, from_spec
-
-    x = _with_channels(load_image(path), channels, path, why)
-    C, H, W = x.shape[1:]
-    if _is_ct(args.task) and prior is not None and (H, W) != tuple(prior.image_shape[1:]):
-        ph, pw = prior.image_shape[1:]
-        raise CLIError(
-            f"{path} is {H}x{W}, but the prior {args.model} reconstructs CT images of size {ph}x{pw} only "
-            f"(resize the image, or use a classical method such as pinv / fista-tv)"
-        )
-    k = _sr_factor(args.task)
-    if k > 1 and (H % k or W % k):
-        raise CLIError(
-            f"{path}: image size {H}x{W} is not divisible by the super-resolution factor {k} of "
-            f"{args.task}; crop it to {H - H % k}x{W - W % k} (diffinv does not pad)"
-        )
-    if args.mask:
-        op = Inpaint.from_png(args.mask, (C, H, W))
-        return _RestoreJob(path, "inpaint-mask", op, op, x=x)
-    op = from_spec(args.task, (C, H, W), seed=args.seed)
-    return _RestoreJob(path, args.task, op, args.task, x=x)
-
-
-def _prepare_measured(path: Path, args, prior, channels, why) -> _RestoreJob:
-    """``--measured``: INPUT is the observation y; infer the image shape and build the operator."""
-    from .data.io import load_image
-    from .operators import Inpaint, from_spec
-
-    y = load_image(path)
-    spec = args.task
-    if _is_ct(spec):
-        if y.shape[1] != 1:
-            raise CLIError(
-                f"{path}: a {spec} sinogram must be an array of shape (views, bins) or (1, views, bins), "
-                f"got {y.shape[1]} channels"
-            )
-        bins = y.shape[-1]
-        if prior is not None:
-            n = prior.image_shape[-1]
-            want = math.ceil(n * math.sqrt(2.0))
-            if bins != want:
-                raise CLIError(
-                    f"{path}: sinogram has {bins} detector bins, but the prior {args.model} reconstructs "
-                    f"{n}x{n} images, whose {spec} sinograms have {want} bins"
-                )
-        else:
-            n = _ct_size_from_bins(bins)
-            if n is None:
-                raise CLIError(f"{path}: {bins} detector bins is not ceil(N*sqrt(2)) for any image size N")
-        shape = (1, n, n)
-    else:
-        colorize = bool(spec) and "colorize" in _spec_parts(spec)
-        if colorize:
-            y = _with_channels(y, 1, path, "colorize --measured expects the grayscale observation")
-        elif channels is not None and y.shape[1] != channels:
-            y = _with_channels(y, channels, path, why)
-        k = _sr_factor(spec)
-        c = channels if channels is not None else (3 if colorize else y.shape[1])
-        shape = (c, y.shape[-2] * k, y.shape[-1] * k)
-    if args.mask:
-        op = Inpaint.from_png(args.mask, shape)
-        label = "inpaint-mask"
-    else:
-        op = from_spec(spec, shape, seed=args.seed)
-        label = spec
-    if tuple(op.out_shape) != tuple(y.shape[1:]):
-        raise CLIError(
-            f"{path}: observation of shape {tuple(y.shape[1:])} does not fit {label} on images of shape "
-            f"{shape}, which measures {tuple(op.out_shape)}"
-        )
-    if isinstance(op, Inpaint):
-        y = op.A(y)  # the missing pixels of a damaged photo carry no information: zero them
-    return _RestoreJob(path, label, op, op, y=y)
-
-
-def _restore_record(job: _RestoreJob, args, method: str, model, solver_params: dict, r, png: Path) -> dict:
-    from . import __version__
-    from .config import _jsonable
-
-    return {
-        "input": str(job.path),
-        "output": str(png),
-        "task": job.label,
-        "spec": None if args.mask else args.task,
-        "mask": str(args.mask) if args.mask else None,
-        "measured": bool(args.measured),
-        "method": method,
-        "model": model,
-        "steps": args.steps,
-        "sigma_y": args.sigma_y,
-        "seed": args.seed,
-        "device": args.device,
-        "solver_params": _jsonable(solver_params),
-        "image_shape": list(job.op.in_shape),
-        "measurement_shape": list(job.op.out_shape),
-        "nfe": r.nfe,
-        "seconds": r.seconds,
-        "metrics": {k: (v if math.isfinite(v) else str(v)) for k, v in r.metrics.items()},
-        "diffinv_version": __version__,
-    }
-
-
 def _cmd_restore(args: argparse.Namespace) -> int:
+    from .restore import restore_files
+
     previous = _set_threads(args.threads)
     try:
-        return _restore(args)
+        restore_files(
+            args.inputs,
+            args.task,
+            args.method,
+            model=args.model,
+            steps=args.steps,
+            sigma_y=args.sigma_y,
+            seed=args.seed,
+            out=args.out,
+            measured=args.measured,
+            mask=args.mask,
+            params=args.param,
+            device=args.device,
+            progress=not args.quiet,
+            on_record=None if args.quiet else _print_record,
+            extra_config={"threads": args.threads, "quiet": args.quiet},
+        )
     finally:
         torch.set_num_threads(previous)
-
-
-def _restore(args: argparse.Namespace) -> int:
-    from . import pipeline, priors, solvers
-    from .config import write_config, write_json_atomic
-    from .data.io import save_image
-
-    # --- arguments (a --config file may have supplied any of them, so check types too)
-    inputs = [Path(p) for p in (args.inputs or [])]
-    if not inputs:
-        raise CLIError("no INPUT given (an image, or with --measured an observation / .npy sinogram)")
-    if args.task is None and not args.mask:
-        raise CLIError("--task is required (e.g. sr4, inpaint-box, colorize, ct30; see 'diffinv tasks')")
-    if args.mask and args.task is not None and not args.task.startswith("inpaint"):
-        raise CLIError(f"--mask defines an inpainting task; it cannot be combined with --task {args.task}")
-    if not isinstance(args.sigma_y, (int, float)) or not math.isfinite(args.sigma_y) or args.sigma_y < 0:
-        raise CLIError(f"--sigma-y must be a finite number >= 0, got {args.sigma_y}")
-    if args.steps is not None and (not isinstance(args.steps, int) or args.steps < 1):
-        raise CLIError(f"--steps must be a positive integer, got {args.steps}")
-    if isinstance(args.seed, bool) or not isinstance(args.seed, int):
-        raise CLIError(f"--seed must be an integer, got {args.seed!r}")
-    if args.mask and not Path(args.mask).is_file():
-        raise CLIError(f"mask file not found: {args.mask}")
-    stems: dict[str, Path] = {}
-    for p in inputs:
-        if p.stem in stems:
-            raise CLIError(f"inputs {stems[p.stem]} and {p} would write the same output names ({p.stem}_...)")
-        stems[p.stem] = p
-    params = _parse_params(args.param)
-    device = _check_device(args.device)
-    method_cls = solvers.get_class(args.method)
-    if args.task is not None:
-        _check_spec(args.task, args.seed)
-
-    # --- prior (only for diffusion methods), then every input, before anything is written
-    model = None
-    prior = None
-    if method_cls.needs_prior:
-        model = args.model or (_CT_PRIOR if _is_ct(args.task) else _NATURAL_PRIOR)
-        prior = priors.load(model, device=None if device.type == "cpu" else device)
-    args.model = model
-    solver = pipeline.make_solver(args.method, prior, args.steps, **params)  # checks the parameters
-    channels, why = _restore_channels(args.task, prior, model)
-    prepare = _prepare_measured if args.measured else _prepare_clean
-    jobs = []
-    for path in inputs:
-        try:
-            job = prepare(path, args, prior, channels, why)
-        except CLIError:
-            raise
-        except ValueError as e:
-            msg = _one_line(e)
-            raise CLIError(msg if str(path) in msg else f"{path}: {msg}") from None
-        solver.check_operator(job.op)
-        jobs.append(job)
-
-    # --- run; on any failure remove what this run wrote
-    out = Path(args.out)
-    out_existed = out.exists()
-    written: list[Path] = []
-    progress = not args.quiet
-    try:
-        for job in jobs:
-            common = dict(sigma_y=float(args.sigma_y), seed=args.seed, steps=args.steps, progress=progress)
-            if job.x is not None:
-                r = pipeline.degrade_and_restore(
-                    job.x.to(device), job.task, args.method, prior, **common, **params
-                )
-            else:
-                r = pipeline.restore_measured(
-                    job.y.to(device), job.op, args.method, prior, **common, **params
-                )
-            name = f"{job.path.stem}_{job.label}_{args.method}"
-            png = save_image(r.x_hat.clamp(0, 1), out / f"{name}.png")
-            written.append(png)
-            record = _restore_record(job, args, args.method, model, solver.params, r, png)
-            written.append(write_json_atomic(record, out / f"{name}.json"))
-            if not args.quiet:
-                m = r.metrics
-                scores = (
-                    f"PSNR {m['psnr']:.2f} dB" + (f", SSIM {m['ssim']:.3f}" if "ssim" in m else "") + ", "
-                    if "psnr" in m
-                    else ""
-                )
-                print(
-                    f"{job.path} -> {png}: {scores}consistency {m['consistency']:.2e}, "
-                    f"NFE {r.nfe}, {r.seconds:.1f} s",
-                    flush=True,
-                )
-        written.append(write_config(out, "restore", args))
-    except BaseException:
-        for p in written:
-            p.unlink(missing_ok=True)
-        if not out_existed and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()
-        raise
     return 0
 
 
+def _print_record(rec: dict) -> None:
+    m = {k: float(v) for k, v in rec["metrics"].items()}  # non-finite values are stored as strings
+    scores = (
+        f"PSNR {m['psnr']:.2f} dB" + (f", SSIM {m['ssim']:.3f}" if "ssim" in m else "") + ", "
+        if "psnr" in m
+        else ""
+    )
+    print(
+        f"{rec['input']} -> {rec['output']}: {scores}consistency {m['consistency']:.2e}, "
+        f"NFE {rec['nfe']}, {rec['seconds']:.1f} s",
+        flush=True,
+    )
+
+
 # ----------------------------------------------------------------------------------- listings
-def _safetensors_parameters(path: Path) -> int | None:
-    """Number of parameters stored in a safetensors file, read from its header only."""
-    try:
-        with open(path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            if not 0 < n < 100_000_000:
-                return None
-            header = json.loads(f.read(n))
-    except (OSError, ValueError):
-        return None
-    return sum(math.prod(v["shape"]) for k, v in header.items() if k != "__metadata__")
-
-
-def _shipped_prior_rows() -> list[dict]:
-    from .priors import shipped_priors
-    from .priors.loading import ASSETS_DIR
-
-    rows = []
-    for name in shipped_priors():
-        folder = ASSETS_DIR / name
-        unet = folder / "unet" if (folder / "unet").is_dir() else folder
-        try:
-            cfg = json.loads((unet / "config.json").read_text())
-        except (OSError, ValueError):
-            cfg = {}
-        size = cfg.get("sample_size")
-        size = f"{size[0]}x{size[1]}" if isinstance(size, list) else f"{size}x{size}" if size else "?"
-        weights = sorted(unet.glob("*.safetensors"))
-        n_params = _safetensors_parameters(weights[0]) if weights else None
-        file_bytes = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-        rows.append(
-            {
-                "name": name,
-                "channels": cfg.get("in_channels", "?"),
-                "size": size,
-                "parameters": n_params,
-                "bytes": file_bytes,
-            }
-        )
-    return rows
-
-
 #: (kind, how to pass it to --model / priors.load)
 CHECKPOINT_KINDS = [
     ("shipped prior", "a name listed above, e.g. --model natural-64"),
@@ -533,7 +216,9 @@ CHECKPOINT_KINDS = [
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    rows = _shipped_prior_rows()
+    from .priors import describe_shipped_priors
+
+    rows = describe_shipped_priors()
     print("shipped priors (--model NAME):")
     print(f"  {'name':<18} {'channels':>8} {'size':>7} {'parameters':>11} {'file size':>10}")
     for r in rows:
@@ -650,6 +335,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--device", default="cpu")
     tr.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    tr.add_argument(
+        "--init-from",
+        metavar="DIR",
+        help="start from the weights of a diffusers folder or a shipped prior (e.g. natural-64), "
+        "not random ones; the architecture must match",
+    )
     tr.add_argument("--quiet", action="store_true")
     tr.set_defaults(func=_cmd_train)
     ev = sub.add_parser(

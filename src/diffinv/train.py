@@ -267,15 +267,22 @@ def _init_weights(unet, folder: Path) -> None:
     """Load weights of a diffusers folder (its ``unet/`` or the folder itself) into ``unet``, strictly."""
     from safetensors.torch import load_file
 
-    candidates = [folder / "unet" / "diffusion_pytorch_model.safetensors", folder / "diffusion_pytorch_model.safetensors"]
+    candidates = [
+        folder / "unet" / "diffusion_pytorch_model.safetensors",
+        folder / "diffusion_pytorch_model.safetensors",
+    ]
     path = next((p for p in candidates if p.is_file()), None)
     if path is None:
-        raise ValueError(f"init_from: no diffusion_pytorch_model.safetensors in {folder} or {folder / 'unet'}")
+        raise ValueError(
+            f"init_from: no diffusion_pytorch_model.safetensors in {folder} or {folder / 'unet'}"
+        )
     state = {k: v.float() for k, v in load_file(str(path)).items()}
     try:
         unet.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise ValueError(f"init_from: weights in {path} do not fit this architecture ({str(exc)[:200]})") from exc
+        raise ValueError(
+            f"init_from: weights in {path} do not fit this architecture ({str(exc)[:200]})"
+        ) from exc
 
 
 def _step_generator(seed: int, step: int) -> torch.Generator:
@@ -285,13 +292,13 @@ def _step_generator(seed: int, step: int) -> torch.Generator:
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
     """Run (or resume) training; returns a summary dict (steps, images seen, final loss, seconds)."""
     cfg.validate()
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     device = torch.device(cfg.device)
     torch.manual_seed(cfg.seed)
     unet = make_unet(cfg).to(device)
     if cfg.init_from and not resume:
-        _init_weights(unet, Path(cfg.init_from))
+        _init_weights(unet, Path(cfg.init_from))  # before anything is written: bad weights leave no folder
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
     ema = make_unet(cfg).to(device)
     ema.load_state_dict(unet.state_dict())
     ema.requires_grad_(False)

@@ -3,7 +3,14 @@
 from .adm import ADM_CHECKPOINT_NAMES, ADM_CONFIGS, ADMUNet, adm_from_config
 from .base import Prior
 from .gaussian import GaussianPrior
-from .loading import CheckpointError, load, load_adm, schedule_from_scheduler_config, shipped_priors
+from .loading import (
+    CheckpointError,
+    describe_shipped_priors,
+    load,
+    load_adm,
+    schedule_from_scheduler_config,
+    shipped_priors,
+)
 from .network import NetworkPrior
 from .sampling import ddim_sample, ddpm_sample, ve_pc_sample
 from .schedules import VESchedule, VPSchedule
@@ -23,6 +30,7 @@ __all__ = [
     "load_adm",
     "schedule_from_scheduler_config",
     "shipped_priors",
+    "describe_shipped_priors",
     "ddpm_sample",
     "ddim_sample",
     "ve_pc_sample",

@@ -69,6 +69,51 @@ def shipped_priors() -> list[str]:
     return sorted(p.name for p in ASSETS_DIR.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
 
 
+def _safetensors_parameters(path: Path) -> int | None:
+    """Number of parameters stored in a safetensors file, read from its header only."""
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if not 0 < n < 100_000_000:
+                return None
+            header = json.loads(f.read(n))
+    except (OSError, ValueError):
+        return None
+    return sum(math.prod(v["shape"]) for k, v in header.items() if k != "__metadata__")
+
+
+def describe_shipped_priors() -> list[dict]:
+    """One dict per shipped prior (see :func:`shipped_priors`), read from its files without loading it.
+
+    Keys: ``name``; ``channels`` (int, ``"?"`` if unknown); ``size`` (``"64x64"``, ``"?"`` if
+    unknown); ``parameters`` (count from the safetensors header, None if unreadable); ``bytes``
+    (total size of the prior's folder on disk).
+    """
+    rows = []
+    for name in shipped_priors():
+        folder = ASSETS_DIR / name
+        unet = folder / "unet" if (folder / "unet").is_dir() else folder
+        try:
+            cfg = json.loads((unet / "config.json").read_text())
+        except (OSError, ValueError):
+            cfg = {}
+        size = cfg.get("sample_size")
+        size = f"{size[0]}x{size[1]}" if isinstance(size, list) else f"{size}x{size}" if size else "?"
+        weights = sorted(unet.glob("*.safetensors"))
+        n_params = _safetensors_parameters(weights[0]) if weights else None
+        file_bytes = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+        rows.append(
+            {
+                "name": name,
+                "channels": cfg.get("in_channels", "?"),
+                "size": size,
+                "parameters": n_params,
+                "bytes": file_bytes,
+            }
+        )
+    return rows
+
+
 # ---------------------------------------------------------------------- schedules
 def schedule_from_scheduler_config(cfg: dict) -> VPSchedule | VESchedule:
     """VP/VE schedule from a diffusers scheduler config dict (``scheduler_config.json``)."""
