@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import metrics as M
-from . import solvers
+from . import solvers, tiling
 from .operators import from_spec
 from .operators.base import LinearOperator
 from .priors.base import Prior
@@ -69,10 +69,21 @@ def solve(
     steps: int | None = None,
     progress: bool = False,
     callback=None,
+    tile_overlap: int | None = None,
     **params,
 ) -> tuple[torch.Tensor, solvers.Solver]:
-    """Run ``method`` on y; the solver's randomness comes from ``torch.Generator().manual_seed(seed)``."""
+    """Run ``method`` on y; the solver's randomness comes from ``torch.Generator().manual_seed(seed)``.
+
+    When the operator's images differ in size from the prior's, a diffusion method restores them
+    in overlapping windows (:mod:`diffinv.tiling`, overlap ``tile_overlap`` pixels or its default)
+    and ``solver.last_nfe`` / ``last_seconds`` are the totals over the windows.
+    """
     solver = make_solver(method, prior, steps, **params)
+    if solver.prior is not None and tiling.needs_tiling(op, solver.prior.image_shape):
+        x_hat = tiling.solve_tiled(
+            solver, y, op, sigma_y, seed, overlap=tile_overlap, progress=progress, callback=callback
+        )
+        return x_hat, solver
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
     x_hat = solver(y, op, sigma_y=sigma_y, generator=generator, progress=progress, callback=callback)
     return x_hat, solver

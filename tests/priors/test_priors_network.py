@@ -24,8 +24,14 @@ def test_diffusers_vp_eps(tiny_unet):
     ab = prior.schedule.alpha_bar(7).float()
     with torch.no_grad():
         e7 = net(x, torch.tensor([7, 7])).sample
-    assert torch.allclose(prior.x0(x, 7), (x - (1 - ab).sqrt() * e7) / ab.sqrt(), atol=1e-6)
+    raw = (x - (1 - ab).sqrt() * e7) / ab.sqrt()
+    # x0 is clipped to the model's data range [-1, 1] by default (DDPM's clip_denoised) ...
+    assert torch.allclose(prior.x0(x, 7), raw.clamp(-1, 1), atol=1e-6)
     assert prior.nfe == 2
+    # ... and exactly Tweedie's formula without it
+    prior.clip_x0 = False
+    assert torch.allclose(prior.x0(x, 7), raw, atol=1e-6)
+    prior.nfe = 2
     prior.reset_nfe()
     assert prior.nfe == 0
 
@@ -59,10 +65,10 @@ def test_prediction_types():
 
     x = torch.randn(2, 1, 2, 2)
     ab = sched.alpha_bar(40).float()
-    p_x0 = NetworkPrior(Const(), sched, (1, 2, 2), prediction="sample")
+    p_x0 = NetworkPrior(Const(), sched, (1, 2, 2), prediction="sample", clip_x0=False)
     assert torch.allclose(p_x0.x0(x, 40), out)
     assert torch.allclose(p_x0.eps(x, 40), (x - ab.sqrt() * out) / (1 - ab).sqrt(), atol=1e-6)
-    p_v = NetworkPrior(Const(), sched, (1, 2, 2), prediction="v_prediction")
+    p_v = NetworkPrior(Const(), sched, (1, 2, 2), prediction="v_prediction", clip_x0=False)
     eps, x0 = p_v.eps(x, 40), p_v.x0(x, 40)
     # x_t = sqrt(ab) x0 + sqrt(1-ab) eps and v = sqrt(ab) eps - sqrt(1-ab) x0
     assert torch.allclose(ab.sqrt() * x0 + (1 - ab).sqrt() * eps, x, atol=1e-5)
@@ -74,7 +80,7 @@ def test_prediction_types():
 
 
 def test_vp_prior_ve_view_matches_vp_view(tiny_unet):
-    prior = NetworkPrior(tiny_unet(), VPSchedule.linear(1000))
+    prior = NetworkPrior(tiny_unet(), VPSchedule.linear(1000), clip_x0=False)  # exact identities
     x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
     prior.to(torch.float64)
     for t in (0, 250, 999):
@@ -90,7 +96,7 @@ def test_vp_prior_ve_view_matches_vp_view(tiny_unet):
 def test_ve_score_network_conversion(tiny_unet):
     net = tiny_unet(fourier=True)
     ve = VESchedule(0.01, 50.0, 100)
-    prior = NetworkPrior(net, ve, data_range=(0, 1))
+    prior = NetworkPrior(net, ve, data_range=(0, 1), clip_x0=False)  # exact identities
     assert prior.is_ve and prior.scale == 1.0 and prior.shift == 0.0
     assert prior.schedule.T == 100
     assert torch.allclose(prior.schedule.sigmas, ve.sigmas, rtol=1e-9)
@@ -172,7 +178,9 @@ def test_model_space_network_matches_image_space_gaussian():
     mean, cov = _gauss()
     sched = VPSchedule.linear(1000)
     shape = (2, 2, 2)
-    net_prior = NetworkPrior(GaussEpsNet(2 * mean - 1, 4 * cov, sched), sched, shape, data_range=(-1, 1))
+    net_prior = NetworkPrior(
+        GaussEpsNet(2 * mean - 1, 4 * cov, sched), sched, shape, data_range=(-1, 1), clip_x0=False
+    )
     g_prior = GaussianPrior(mean.reshape(shape), cov, sched, scale=0.5, shift=0.5)
     z = torch.randn(3, *shape, dtype=torch.float64)
     for t in (0, 100, 500, 999):
@@ -183,7 +191,7 @@ def test_model_space_network_matches_image_space_gaussian():
     sig = VPSchedule.linear(1000).sigmas
     img_prior = GaussianPrior(mean.reshape(shape), cov, VPSchedule.from_sigmas(sig / 2))
     model_sched = VPSchedule.from_sigmas(sig)
-    net_prior2 = NetworkPrior(GaussEpsNet(2 * mean - 1, 4 * cov, model_sched), model_sched, shape)
+    net_prior2 = NetworkPrior(GaussEpsNet(2 * mean - 1, 4 * cov, model_sched), model_sched, shape, clip_x0=False)
     x_img = torch.rand(3, *shape, dtype=torch.float64)
     for t in (0, 100, 500, 999):
         a = net_prior2.to_image(net_prior2.x0_ve(2 * x_img - 1, t))
@@ -211,3 +219,19 @@ def test_network_prior_errors(tiny_unet):
     with pytest.raises(ValueError, match="channels"):
         p.eps(torch.zeros(1, 1, 2, 2), 3)
     assert "VP prediction=epsilon" in repr(priors.NetworkPrior(NoShape(), VPSchedule.linear(10), (1, 2, 2)))
+
+
+@pytest.mark.parametrize("fourier", [False, True])
+def test_x0_is_clipped_to_the_data_range_by_default(tiny_unet, fourier):
+    sched = VESchedule(0.01, 50.0, 100) if fourier else VPSchedule.linear(1000)
+    lo, hi = (0.0, 1.0) if fourier else (-1.0, 1.0)
+    prior = NetworkPrior(tiny_unet(fourier=fourier), sched, data_range=(lo, hi))
+    raw = NetworkPrior(prior.net, sched, data_range=(lo, hi), clip_x0=False)
+    x = 30 * torch.randn(2, 3, 16, 16)
+    for t in (1, prior.schedule.T - 1):
+        for view in ("x0", "x0_ve"):
+            clipped, unclipped = getattr(prior, view)(x, t), getattr(raw, view)(x, t)
+            assert clipped.min() >= lo and clipped.max() <= hi
+            assert torch.allclose(clipped, unclipped.clamp(lo, hi))
+            assert (unclipped.abs() > hi).any()  # the test would be empty otherwise
+    assert torch.equal(prior.eps(x, 10), raw.eps(x, 10))  # eps is never clipped

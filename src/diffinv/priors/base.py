@@ -53,6 +53,12 @@ class Prior(nn.Module):
         self.image_shape = tuple(int(s) for s in image_shape)
         self.scale = float(scale)
         self.shift = float(shift)
+        #: clamp public x0 estimates to the model's data range (``to_model`` of [0, 1]), like DDPM's
+        #: ``clip_denoised``: at large t, x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar) amplifies any
+        #: error of eps by 1/sqrt(abar) (~150 at t = T), so unclipped estimates can leave the data
+        #: range by orders of magnitude. Off for exact priors (GaussianPrior), on for networks.
+        #: Only x0 estimates are clipped; eps and scores stay the network's own.
+        self.clip_x0 = False
         #: number of network evaluations since the last :meth:`reset_nfe`.
         self.nfe = 0
 
@@ -92,9 +98,14 @@ class Prior(nn.Module):
         return self._eps(x_t, t)
 
     def x0(self, x_t: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
-        """Tweedie estimate E[x_0 | x_t] (model space)."""
+        """Tweedie estimate E[x_0 | x_t] (model space); clamped to the data range if ``clip_x0``."""
         t = self._t_batch(t, x_t)
-        return self._x0(x_t, t)
+        return self._clip(self._x0(x_t, t))
+
+    def _clip(self, x0: torch.Tensor) -> torch.Tensor:
+        if not self.clip_x0:
+            return x0
+        return x0.clamp(-self.shift / self.scale, (1 - self.shift) / self.scale)
 
     def score(self, x_t: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
         """grad log p_t(x_t) = -eps / sqrt(1 - abar_t) (model space, VP state)."""
@@ -109,7 +120,7 @@ class Prior(nn.Module):
     def x0_ve(self, x: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
         """E[x_0 | x_0 + sigma_t n = x] from the same network (VE state ``x = x_vp / sqrt(abar_t)``)."""
         t = self._t_batch(t, x)
-        return self._x0(x * self.alpha_bar(t, x).sqrt(), t)
+        return self._clip(self._x0(x * self.alpha_bar(t, x).sqrt(), t))
 
     def score_ve(self, x: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
         """grad log p_sigma_t(x) in the VE parametrisation: (x0_ve - x) / sigma_t^2."""

@@ -87,6 +87,7 @@ class NetworkPrior(Prior):
         prediction: str | None = None,
         data_range: tuple[float, float] = (-1.0, 1.0),
         class_labels: int | torch.Tensor | None = None,
+        clip_x0: bool = True,
     ):
         lo, hi = (float(v) for v in data_range)
         if not hi > lo:
@@ -112,6 +113,7 @@ class NetworkPrior(Prior):
         # image = scale * model + shift maps [lo, hi] onto [0, 1].
         super().__init__(vp, image_shape, scale=1.0 / (hi - lo), shift=-lo / (hi - lo))
         self.net = net
+        self.clip_x0 = bool(clip_x0)
         self.prediction = prediction
         self.data_range = (lo, hi)
         self.ve_schedule = schedule if isinstance(schedule, VESchedule) else None
@@ -202,7 +204,7 @@ class NetworkPrior(Prior):
             return super().x0_ve(x, t)
         t = self._t_batch(t, x)
         s, sigma = self._score_ve(x, t)
-        return x + sigma**2 * s
+        return self._clip(x + sigma**2 * s)
 
     def score_ve(self, x: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
         if not self.is_ve:
