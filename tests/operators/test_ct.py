@@ -141,19 +141,15 @@ def test_float32_batch_and_autograd():
     _close(x.grad, op.At(y.detach()), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("size, views", [(16, 30), (20, 45), (16, 8)])
-def test_moore_penrose_cg(size, views):
-    # (16, 30), (20, 45): over-determined; (16, 8): under-determined (184 < 256 measurements).
-    # Default CG cap (2000 iterations, early stop at cg_tol).
-    op = ParallelBeamCT(size, views)
+def _rel(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+def _check_moore_penrose(op, tol):
     g = torch.Generator().manual_seed(2)
     x = torch.randn(2, *op.in_shape, dtype=torch.float64, generator=g)
     y = torch.randn(2, *op.out_shape, dtype=torch.float64, generator=g)
-    tol = 1e-3
-
-    def rel(a, b):
-        return float((a - b).norm() / b.norm())
-
+    rel = _rel
     Ax = op.A(x)
     PAx = op.pinv(Ax)
     Py = op.pinv(y)
@@ -167,6 +163,161 @@ def test_moore_penrose_cg(size, views):
     assert abs(s1 - s2) <= tol * PAx[0].norm() * x[1].norm()
     # The residual of the least-squares solution is orthogonal to range(A).
     assert float(op.At(y - APy).norm() / op.At(y).norm()) <= tol
+
+
+@pytest.mark.parametrize("size, views", [(16, 30), (20, 45), (16, 8)])
+def test_moore_penrose_cg(size, views):
+    # (16, 30), (20, 45): over-determined; (16, 8): under-determined (184 < 256 measurements).
+    # Default CG cap (2000 iterations, early stop at cg_tol).
+    op = ParallelBeamCT(size, views, pinv_method="cg")
+    assert op.pinv_method == "cg"
+    _check_moore_penrose(op, 1e-3)
+
+
+@pytest.mark.parametrize(
+    "size, views, bins, angles",
+    [
+        (16, 30, None, None),  # over-determined
+        (20, 45, None, None),
+        (16, 8, None, None),  # under-determined
+        (24, 24, None, None),  # cond(A) ~1.4e4: 2000 CG iterations do not converge here
+        (17, 7, 31, None),  # odd size, wide detector (all-zero rows)
+        (20, 5, None, [0.0, 10.0, 45.0, 91.5, 170.0]),
+    ],
+)
+def test_moore_penrose_gram(size, views, bins, angles):
+    # The closed form is the default at these sizes. Measured errors: 1e-13 .. 3e-7.
+    op = ParallelBeamCT(size, views, bins=bins, angles=angles)
+    assert op.pinv_method == "gram" and "pinv_method='gram'" in repr(op)
+    _check_moore_penrose(op, 1e-6)
+
+
+def test_gram_pinv_matches_cg_and_dense():
+    op = ParallelBeamCT(16, 30)
+    y = torch.randn(3, *op.out_shape, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    x_gram = op.pinv(y)
+    # CG converges here (cond(A) ~700): agreement to the CG accuracy.
+    assert _rel(ParallelBeamCT(16, 30, pinv_method="cg").pinv(y), x_gram) <= 1e-6
+    # ... and the dense pseudo-inverse (well conditioned here, so no threshold issue).
+    M = op.matrix().to_dense()
+    ref = (torch.linalg.pinv(M) @ y.reshape(3, -1).T).T.reshape(x_gram.shape)
+    assert _rel(x_gram, ref) <= 1e-8
+    # float32 input: float32 factors, close to float64.
+    x32 = op.pinv(y.float())
+    assert x32.dtype == torch.float32
+    assert _rel(x32.double(), x_gram) <= 1e-4
+
+
+def test_partial_svd():
+    op = ParallelBeamCT(16, 8)  # under-determined: 184 measurements, some all-zero detector bins
+    U, s, V = op.partial_svd()
+    r = s.numel()
+    assert U.shape == (8 * op.bins, r) and V.shape == (256, r)
+    assert 100 < r <= 184 and bool((s[:-1] >= s[1:]).all()) and float(s[-1]) > 0
+    assert float(s[-1] ** 2) > op.gram_rcond * float(s[0] ** 2)
+    eye = torch.eye(r, dtype=torch.float64)
+    assert float((U.T @ U - eye).abs().max()) < 1e-6
+    assert float((V.T @ V - eye).abs().max()) < 1e-6
+    x = torch.randn(2, 1, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    Ax = ((x.reshape(2, -1) @ V) * s @ U.T).reshape(2, *op.out_shape)
+    assert _rel(Ax, op.A(x)) <= 1e-6
+    # Cached: the same tensors on the next call; available even when pinv uses CG.
+    assert op.partial_svd()[0] is U
+    assert ParallelBeamCT(16, 8, pinv_method="cg").partial_svd()[1].numel() == r
+
+
+def test_damped_pinv():
+    op = ParallelBeamCT(16, 8)
+    r = torch.randn(2, *op.out_shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    M = op.matrix().to_dense()
+    gamma = 0.3
+    ref = M.T @ torch.linalg.solve(M @ M.T + gamma * torch.eye(M.shape[0], dtype=M.dtype), r.reshape(2, -1).T)
+    ref = ref.T.reshape(2, *op.in_shape)
+    # Exact up to the directions dropped by gram_rcond (s^2 <= 1e-12 max s^2, weight s / gamma).
+    assert _rel(op.damped_pinv(r, gamma), ref) <= 1e-5
+    assert _rel(ParallelBeamCT(16, 8, pinv_method="cg").damped_pinv(r, gamma), ref) <= 1e-6
+    _close(op.damped_pinv(r, 0.0), op.pinv(r))
+    assert float(op.damped_pinv(r, float("inf")).abs().max()) == 0.0
+    # The solvers' helper dispatches to the operator's closed form.
+    from diffinv.solvers._guidance import damped_pinv
+
+    _close(damped_pinv(op, r, gamma), op.damped_pinv(r, gamma))
+    with pytest.raises(ValueError, match="gamma must be >= 0"):
+        op.damped_pinv(r, -1.0)
+
+
+def test_pinv_method_selection(monkeypatch):
+    assert ParallelBeamCT(16, 4).pinv_method == "gram"
+    assert ParallelBeamCT(16, 4, pinv_method="cg").pinv_method == "cg"
+    monkeypatch.setattr(ParallelBeamCT, "gram_limit", 50)
+    op = ParallelBeamCT(16, 4)  # Gram side min(4 * 23, 256) > 50
+    assert op.pinv_method == "cg"
+    assert ParallelBeamCT(16, 4, pinv_method="gram").pinv_method == "gram"
+    with pytest.raises(ValueError, match="pinv_method must be one of auto, gram, cg"):
+        ParallelBeamCT(16, 4, pinv_method="svd")
+    with pytest.raises(ValueError, match=r"gram_rcond must be in \[0, 1\)"):
+        ParallelBeamCT(16, 4, gram_rcond=2.0)
+
+
+def test_gram_rcond_drops_small_singular_values():
+    op = ParallelBeamCT(16, 8, gram_rcond=1e-4)
+    s = op.partial_svd()[1]
+    assert float(s[-1] ** 2) > 1e-4 * float(s[0] ** 2)
+    assert s.numel() < ParallelBeamCT(16, 8).partial_svd()[1].numel()
+    # The thresholded pseudo-inverse still satisfies A^+ A A^+ = A^+.
+    p = op.pinv(torch.rand(1, *op.out_shape, dtype=torch.float64))
+    assert _rel(op.pinv(op.A(p)), p) <= 1e-8
+
+
+def test_gram_disk_cache_and_copies(tmp_path):
+    import copy
+    import pickle
+
+    from diffinv.operators import ct as ct_module
+
+    op = ParallelBeamCT(12, 5, cache_dir=tmp_path)
+    y = torch.randn(2, *op.out_shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    x = op.pinv(y)
+    files = list((tmp_path / "ct").glob("gram-*.npz"))
+    assert len(files) == 1 and not list((tmp_path / "ct").glob("*.tmp*"))
+    # A fresh process is simulated by clearing the in-memory cache: the file is read back.
+    ct_module._SVD_MEMORY.clear()
+    op2 = ParallelBeamCT(12, 5, cache_dir=tmp_path)
+    _close(op2.pinv(y), x, rtol=1e-12, atol=1e-12)
+    # A corrupt file is ignored (recomputed and rewritten).
+    files[0].write_bytes(b"not an npz")
+    ct_module._SVD_MEMORY.clear()
+    _close(ParallelBeamCT(12, 5, cache_dir=tmp_path).pinv(y), x, rtol=1e-10, atol=1e-10)
+    # Copies and pickles drop the derived data and recompute it on use.
+    for clone in (copy.deepcopy(op), pickle.loads(pickle.dumps(op))):
+        assert clone._svd64 is None
+        _close(clone.pinv(y), x, rtol=1e-10, atol=1e-10)
+
+
+def test_AtA_ones_cached():
+    op = ParallelBeamCT(16, 6)
+    like = torch.zeros(1, dtype=torch.float32)
+    d = op.AtA_ones(like)
+    assert d is op.AtA_ones(like) and d.shape == (1, 1, 16, 16) and d.dtype == torch.float32
+    ref = op.At(op.A(torch.ones(1, 1, 16, 16, dtype=torch.float64)))
+    _close(op.AtA_ones(ref), ref)
+    _close(op.sirt_normaliser(like), ref.float(), rtol=1e-6, atol=1e-6)
+
+
+def test_gram_pinv_is_fast_at_64px():
+    # 64 px / 8 views: Gram side 648 (one-off ~0.1-3 s on a busy 2-core machine), then each call
+    # is two dense products (~ms) instead of up to 2000 CG iterations.
+    op = ParallelBeamCT(64, 8)
+    y = torch.rand(4, *op.out_shape)
+    t = time.perf_counter()
+    op.pinv(y[:1])
+    oneoff = time.perf_counter() - t
+    t = time.perf_counter()
+    for _ in range(5):
+        x = op.pinv(y)
+    per_call = (time.perf_counter() - t) / 5
+    assert x.shape == (4, 1, 64, 64) and torch.isfinite(x).all()
+    assert oneoff < 20.0 and per_call < 0.1
 
 
 # ----------------------------------------------------------------------------- agreement with skimage

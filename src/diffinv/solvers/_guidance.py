@@ -113,7 +113,8 @@ def _cg(
 def damped_pinv(op: LinearOperator, r: torch.Tensor, gamma: float) -> torch.Tensor:
     """``A^T (A A^T + gamma I)^{-1} r`` (image space); ``gamma = 0`` gives ``A^+ r``, ``inf`` gives 0.
 
-    SVD operators: ``V diag(s / (s^2 + gamma)) U^T r`` exactly. Others: CG on ``(A A^T + gamma I) u = r``.
+    SVD operators: ``V diag(s / (s^2 + gamma)) U^T r`` exactly. Operators with their own
+    ``damped_pinv(r, gamma)`` method (CT) use it. Others: CG on ``(A A^T + gamma I) u = r``.
     """
     gamma = float(gamma)
     if gamma == 0.0:
@@ -128,6 +129,10 @@ def damped_pinv(op: LinearOperator, r: torch.Tensor, gamma: float) -> torch.Tens
         out = torch.zeros((r.shape[0], op.n), dtype=r.dtype, device=r.device)
         out[:, :k] = z
         return op.V(out)
+    # e.g. ParallelBeamCT: closed form from its Gram eigendecomposition
+    own = getattr(op, "damped_pinv", None)
+    if callable(own):
+        return own(r, gamma)
     u = _cg(lambda v: op.A(op.At(v)) + gamma * v, r)
     return op.At(u)
 
