@@ -94,7 +94,9 @@ def evaluate(name: str, n: int, quick: bool) -> dict:
     C, H, W = prior.image_shape
     n_train = 64 if quick else 1024
     if name.startswith("ct"):
-        train = torch.cat([random_phantoms(32, H, torch.Generator().manual_seed(s)) for s in range(n_train // 32)])
+        train = torch.cat(
+            [random_phantoms(32, H, torch.Generator().manual_seed(s)) for s in range(n_train // 32)]
+        )
         test = random_phantoms(n, H, torch.Generator().manual_seed(40_000_003)).double()
         source = f"{n_train} training-stream phantoms (seeds 0..); {n} held-out phantoms (seed 40000003)"
     else:
@@ -138,7 +140,9 @@ def main(argv=None) -> int:
     n = 8 if args.quick else args.n
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
     header = [
         "# Prior quality: Tweedie denoising MSE vs a Wiener baseline",
         "",

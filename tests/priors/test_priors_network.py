@@ -191,7 +191,9 @@ def test_model_space_network_matches_image_space_gaussian():
     sig = VPSchedule.linear(1000).sigmas
     img_prior = GaussianPrior(mean.reshape(shape), cov, VPSchedule.from_sigmas(sig / 2))
     model_sched = VPSchedule.from_sigmas(sig)
-    net_prior2 = NetworkPrior(GaussEpsNet(2 * mean - 1, 4 * cov, model_sched), model_sched, shape, clip_x0=False)
+    net_prior2 = NetworkPrior(
+        GaussEpsNet(2 * mean - 1, 4 * cov, model_sched), model_sched, shape, clip_x0=False
+    )
     x_img = torch.rand(3, *shape, dtype=torch.float64)
     for t in (0, 100, 500, 999):
         a = net_prior2.to_image(net_prior2.x0_ve(2 * x_img - 1, t))
