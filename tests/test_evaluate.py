@@ -33,15 +33,6 @@ METHODS = ["pinv", "ddnm"]
 RUN = dict(task="sr2", methods=METHODS, steps=2, quiet=True)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Shared 2-core machine: intra-op threads on 16x16 convolutions make each step ~30x slower.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("eval")

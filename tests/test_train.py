@@ -26,14 +26,6 @@ TINY = dict(
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture
 def image_folder(tmp_path):
     """Six smooth colour images (gradients + a disc), enough structure to learn from."""

@@ -10,15 +10,6 @@ from diffinv.operators.ct import ParallelBeamCT
 DT = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny sparse/dense products are dominated by OpenMP overhead on a busy shared machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class Dense(LinearOperator):
     """``y = M vec(x)`` with an exact (dense) pseudo-inverse; a test helper."""
 

@@ -14,16 +14,6 @@ from skimage.data import shepp_logan_phantom  # noqa: E402
 from skimage.transform import iradon, radon, resize  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Sparse products on tiny matrices are dominated by OpenMP overhead, which explodes on a busy
-    # shared machine; one thread keeps this file fast and its timings stable.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def phantom64() -> np.ndarray:
     return resize(shepp_logan_phantom(), (64, 64), anti_aliasing=True)

@@ -63,16 +63,6 @@ SPEC_IDS = [s for s, _ in SPECS]
 _CACHE: dict = {}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Run single-threaded: the tensors here are tiny, and on a busy machine OpenMP threads make the
-    sparse CT products (thousands of them inside the CG pseudo-inverse) up to 100x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def get_op(spec, shape):
     key = (spec, shape)
     if key not in _CACHE:

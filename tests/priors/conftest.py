@@ -6,16 +6,6 @@ import pytest
 import torch
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The test machine is shared: intra-op threads on tiny convolutions oversubscribe the CPUs and
-    # make a 30 ms forward take seconds. One thread is fastest for these sizes.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _tiny_unet(fourier: bool = False, out_channels: int = 3, seed: int = 0):
     from diffusers import UNet2DModel
 

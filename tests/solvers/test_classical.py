@@ -15,14 +15,6 @@ from diffinv.solvers.classical import grad2d, grad2d_adjoint, tv_iso
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def psnr(x, ref):
     return float(-10 * torch.log10(((x - ref) ** 2).mean()))
 

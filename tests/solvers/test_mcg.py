@@ -23,15 +23,6 @@ NUM = 300  # Monte-Carlo samples, drawn as one batch
 STEPS = 100
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny batched matmuls: threads only add overhead on a shared machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def prior():
     return correlated_prior(SHAPE)

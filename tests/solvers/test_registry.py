@@ -9,15 +9,6 @@ from problems import correlated_prior, make_measurement, matrix_test_ops
 from diffinv import solvers
 from diffinv.solvers.base import _REGISTRY
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 MINE = {
     "ddnm": True,
     "ddnm+": True,

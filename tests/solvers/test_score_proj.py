@@ -23,14 +23,6 @@ NUM = 300
 STEPS = 100
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def prior():
     return correlated_prior(SHAPE)
