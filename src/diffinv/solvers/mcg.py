@@ -73,8 +73,9 @@ the normalised step has a fixed length per iteration, large relative to a 16-pix
 
 NFE: VP one evaluation per step (with back-propagation when grad_weight > 0); VE two per step.
 Cost: besides the network, a VE step applies A^+ up to twice (W = A^+ and the null-space
-restriction); for operators without an SVD (CT) ``op.pinv`` runs conjugate gradients, which at
-full CT resolution dominates -- use ``weight_matrix="identity"``, ``null_space_grad=False`` there.
+restriction). CT's ``op.pinv`` is exact and cheap up to about 64x64 (a cached Gram
+eigendecomposition); for large geometries it falls back to conjugate gradients, which then dominates --
+use ``weight_matrix="identity"``, ``null_space_grad=False`` there.
 
 Example
 -------
