@@ -197,3 +197,12 @@ def mc_mean_error(
     yb = y.expand(num, *y.shape[1:]).contiguous()
     out = solver(yb, op, sigma_y=sigma_y, generator=torch.Generator().manual_seed(seed))
     return (out.mean(0, keepdim=True) - target).norm().item(), out
+
+
+def small_operators(shape) -> dict:
+    """The three generic test operators (selection, wide random matrix, blur), built lazily."""
+    return {
+        "select": lambda: selection_operator(shape, 5),
+        "wide": lambda: wide_operator(shape, 6),
+        "blur": lambda: blur_operator(shape),
+    }

@@ -8,11 +8,11 @@ import pytest
 import torch
 from problems import (
     blind_estimate,
-    blur_operator,
     correlated_prior,
     make_measurement,
     mc_mean_error,
     selection_operator,
+    small_operators,
     wide_operator,
 )
 
@@ -28,11 +28,7 @@ def prior():
     return correlated_prior(SHAPE)
 
 
-OPERATORS = {
-    "select": lambda: selection_operator(SHAPE, 5),
-    "wide": lambda: wide_operator(SHAPE, 6),
-    "blur": lambda: blur_operator(SHAPE),
-}
+OPERATORS = small_operators(SHAPE)
 
 # The normalised step zeta_i = zeta / ||r|| has a fixed length per iteration, so 16-pixel images
 # need a much smaller zeta than the paper's 256 x 256 x 3 ones (see the module docstring).

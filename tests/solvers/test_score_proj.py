@@ -12,7 +12,7 @@ from problems import (
     correlated_prior,
     make_measurement,
     mc_mean_error,
-    selection_operator,
+    small_operators,
     wide_operator,
 )
 
@@ -28,11 +28,7 @@ def prior():
     return correlated_prior(SHAPE)
 
 
-OPERATORS = {
-    "select": lambda: selection_operator(SHAPE, 5),
-    "wide": lambda: wide_operator(SHAPE, 6),
-    "blur": lambda: blur_operator(SHAPE),
-}
+OPERATORS = small_operators(SHAPE)
 
 
 @pytest.mark.parametrize("opname", list(OPERATORS))
