@@ -193,6 +193,9 @@ def parse_args(argv=None):
     )
     ap.add_argument("--no-noisy", action="store_true", help="skip the sigma_y = 0.05 settings")
     ap.add_argument(
+        "--only-noisy", action="store_true", help="run only the sigma_y = 0.05 settings (sr4, deblur-gauss)"
+    )
+    ap.add_argument(
         "--tv-iters",
         type=int,
         default=None,
@@ -236,9 +239,14 @@ def parse_args(argv=None):
     for key in ("n", "steps", "batch", "tv_iters"):
         if getattr(args, key) < 1:
             ap.error(f"--{key.replace('_', '-')} must be >= 1")
+    if args.no_noisy and args.only_noisy:
+        ap.error("--no-noisy and --only-noisy exclude each other")
+    if args.only_noisy and not any(t in NOISY for t in tasks):
+        ap.error(f"--only-noisy: none of the tasks has a noisy setting ({', '.join(NOISY)})")
     args.settings = []
     for t in tasks:
-        args.settings.append((t, 0.0))
+        if not args.only_noisy:
+            args.settings.append((t, 0.0))
         if t in NOISY and not args.no_noisy:
             args.settings.append((t, NOISY[t]))
     args.figure_index = min(max(args.figure_index, 0), args.n - 1)

@@ -507,7 +507,7 @@ class ParallelBeamCT(LinearOperator):
         return hit
 
     def partial_svd(
-        self, dtype: torch.dtype = torch.float64
+        self, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(U, s, V)`` with ``A = U diag(s) V^T`` up to the dropped singular values (range part only).
 
@@ -518,7 +518,7 @@ class ParallelBeamCT(LinearOperator):
         ``n x n`` decomposition), which is why the operator is not an ``SVDOperator``. The returned
         tensors are cached: do not modify them in place.
         """
-        return self._factors(torch.empty(0, dtype=dtype))
+        return self._factors(torch.empty(0, dtype=dtype, device=device))
 
     def matrix(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
         """The projection matrix (sparse CSR, ``views*bins x size^2``) in the given dtype."""

@@ -45,9 +45,15 @@ fresh noise (a_t lambda_t,i sigma_y / s_i is the std of the measurement noise th
 spectral coordinate i). The paper writes them for the DDPM posterior; we use the values of the
 update actually run: ``noise="ddnm"``: a_t = sqrt(abar_t'), sigma_t = eta sqrt(1 - abar_t');
 ``noise="ddim"``: a_t = sqrt(abar_t') - sqrt(1 - abar_t' - s_t^2) sqrt(abar_t / (1 - abar_t)),
-sigma_t = s_t (for eta = 1 these are the paper's a_t and sigma_t). Operators without an SVD use the
-paper's scalar simplification Sigma_t = lambda_t I, Phi_t = gamma_t I (the formulas with s_i = 1,
-i.e. assuming ``A^+ n`` has about the per-pixel std sigma_y, true for masks and row-orthonormal A).
+sigma_t = s_t (for eta = 1 these are the paper's a_t and sigma_t). Only the range part of the SVD
+is needed (lambda and gamma act as 1 and sigma_t^2 on the null space), so besides every
+``SVDOperator`` the CT operator uses it too, through its ``partial_svd()`` (U, s, V from the Gram
+eigendecomposition): Sigma_t A^+ r = V diag(lambda_t,i / s_i) U^T r and
+Phi_t^1/2 z = sigma_t z + V diag(sqrt(gamma_t,i) - sigma_t) V^T z. This matters there: the exact
+CT pseudo-inverse amplifies sinogram noise by up to 1/s_min (about 1e3 at 64 px), which the scalar
+form cannot see. Other operators without an SVD use the paper's scalar simplification
+Sigma_t = lambda_t I, Phi_t = gamma_t I (the formulas with s_i = 1, i.e. assuming ``A^+ n`` has
+about the per-pixel std sigma_y, true for masks and row-orthonormal A).
 With sigma_y = 0, lambda = 1 and gamma = sigma_t^2, so DDNM+ reduces exactly to DDNM. Note that the
 last step (abar_t' = 1) has sigma_t = 0, hence lambda = 0 for noisy data: the returned image is the
 prior's denoised estimate there, not a projection onto the noisy y. A property of the method (not
@@ -90,6 +96,30 @@ def _svd_singulars_full(op: SVDOperator, like: torch.Tensor) -> torch.Tensor:
         keep = s > op.pinv_threshold * s.max()
         full[: s.numel()] = torch.where(keep, s, torch.zeros_like(s))
     return full
+
+
+def _spectral_basis(op, like: torch.Tensor):
+    """``(s, Vt, V)`` for the spectral DDNM+ correction, or None when ``op`` exposes no SVD.
+
+    ``s`` are singular values (zeros where the pseudo-inverse drops them), ``Vt`` maps an image batch
+    to its coordinates along the matching right singular vectors and ``V`` maps coordinates back.
+    For an ``SVDOperator`` V is a full basis; for operators with ``partial_svd()`` (CT) only the range
+    part, which is all the correction needs.
+    """
+    if isinstance(op, SVDOperator) and op.has_svd:
+        return _svd_singulars_full(op, like), op.Vt, op.V
+    if hasattr(op, "partial_svd"):
+        _, s, Vr = op.partial_svd(dtype=like.dtype, device=like.device)
+        shape = tuple(op.in_shape)
+
+        def Vt(x: torch.Tensor) -> torch.Tensor:
+            return x.reshape(x.shape[0], -1) @ Vr
+
+        def V(c: torch.Tensor) -> torch.Tensor:
+            return (c @ Vr.T).reshape(c.shape[0], *shape)
+
+        return s, Vt, V
+    return None
 
 
 @register
@@ -140,8 +170,9 @@ class DDNM(Solver):
             noise = None if z is None else sigma * z
             return x0_hat, noise
         resid = op.pinv(op.A(x0) - y_z)  # A^+ (A x0|t - y)
-        if isinstance(op, SVDOperator) and op.has_svd:
-            s = _svd_singulars_full(op, x0)  # (n,), zeros in the null space
+        spectral = _spectral_basis(op, x0)
+        if spectral is not None:
+            s, Vt, V = spectral  # zeros in s where A^+ drops the direction
             obs = s > 0
             safe_s = torch.where(obs, s, torch.ones_like(s))
             noise_std = a * sigma_z / safe_s  # std of the measurement noise reaching x_t', per coordinate
@@ -154,8 +185,9 @@ class DDNM(Solver):
             gamma = torch.where(
                 obs, (sigma**2 - (lam * noise_std) ** 2).clamp_min(0.0), torch.full_like(s, sigma**2)
             )
-            x0_hat = x0 - op.V(op.Vt(resid) * lam)  # x0|t - V Lambda_t V^T A^+ (A x0|t - y)
-            noise = None if z is None else op.V(op.Vt(z) * gamma.sqrt())  # Phi_t^1/2 z
+            x0_hat = x0 - V(Vt(resid) * lam)  # x0|t - V Lambda_t V^T A^+ (A x0|t - y)
+            # Phi_t^1/2 z = sigma_t z + V diag(sqrt(gamma_i) - sigma_t) V^T z (sigma_t z off the range)
+            noise = None if z is None else sigma * z + V(Vt(z) * (gamma.sqrt() - sigma))
             return x0_hat, noise
         # Scalar simplification Sigma_t = lambda_t I, Phi_t = gamma_t I (s_i = 1).
         noise_std = a * sigma_z
@@ -217,7 +249,7 @@ class DDNMPlus(DDNM):
     """DDNM+ (Section 3.3-3.4): noise-aware scaled range correction and time travel."""
 
     name = "ddnm+"
-    description = "DDNM+ (Wang et al. 2022): noise-scaled range correction (SVD or scalar) + time travel"
+    description = "DDNM+ (Wang et al. 2022): noise-scaled range correction (per singular value) + time travel"
     defaults = {"steps": 100, "eta": 0.85, "noise": "ddnm", "travel_length": 0, "travel_repeat": 1}
     supports_noise = True
 
