@@ -50,7 +50,10 @@ predictor-corrector sampling (score-SDE) over the VE view of the prior, sigma_i 
     projection:       x''' = x'' + lam_i A^T (y_i - A x'') / (A^T A 1),  y_i = y + sigma_i A z   (relaxed)
     predictor:        x = x''' + (sigma_i^2 - sigma_{i-1}^2) s(x''') + sqrt(sigma_i^2 - sigma_{i-1}^2) z  (1 NFE)
 
-with sigma_{-1} = 0 and the last predictor's mean returned (noise removal). The MCG gradient is
+with sigma_{-1} = 0 and the last predictor's mean returned (noise removal). ``predictor="ancestral"``
+swaps the reverse-diffusion predictor for SMLD ancestral sampling (same mean, noise
+sqrt(sigma_{i-1}^2 (sigma_i^2 - sigma_{i-1}^2) / sigma_i^2); score-SDE Appendix F), which tolerates
+coarse grids (tens of steps) where reverse diffusion leaves noise of about sigma_i behind. The MCG gradient is
 restricted to the null space of A (Figure 1, step 4 "orthogonal complement"), because the relaxed
 projection does not overwrite its range-space part (``null_space_grad=False`` skips this, saving
 one A^+ per step). The relaxed projection is the SART-type normalised step of the authors' CT code (``AtA_ones`` is A^T A 1, elementwise division, 0 where it
@@ -91,13 +94,14 @@ import math
 import torch
 
 from ._guidance import (
+    VE_PREDICTORS,
     bnorm,
+    check_predictor,
     damped_pinv,
     ddim_step,
     eps_from_x0,
     langevin_step,
     noised_measurement,
-    reverse_diffusion_step,
     safe_div,
     x0_with_vjp,
 )
@@ -130,6 +134,7 @@ class MCG(Solver):
         "lam_schedule": "linear",
         "ve_projection": "auto",
         "null_space_grad": True,
+        "predictor": "reverse-diffusion",
     }
 
     def validate_params(self) -> None:
@@ -152,6 +157,7 @@ class MCG(Solver):
         snr = float(p["snr"])
         if not math.isfinite(snr) or snr < 0:
             raise ValueError(f"snr must be a finite number >= 0, got {p['snr']!r}")
+        check_predictor(p["predictor"])
         if not isinstance(p["null_space_grad"], bool):
             raise ValueError(f"null_space_grad must be True or False, got {p['null_space_grad']!r}")
         for key in ("lam", "lam_end"):
@@ -260,6 +266,7 @@ class MCG(Solver):
         if D is not None:
             pos = D > 0
             D_inv = torch.where(pos, 1.0 / torch.where(pos, D, torch.ones_like(D)), torch.zeros_like(D))
+        predict = VE_PREDICTORS[self.params["predictor"]]
         x = sigmas[0] * randn(shape, generator, y_z)  # x_N ~ N(0, sigma_max^2 I)
         x_mean = x
         for i in self.iterate(range(n), progress):
@@ -282,7 +289,7 @@ class MCG(Solver):
             x_new = x_new + lam * (op.pinv(resid) if D is None else op.At(resid) * D_inv)
             # predictor (reverse diffusion sigma_i -> sigma_{i-1}), one network evaluation
             score = prior.score_ve(x_new, t)
-            x, x_mean = reverse_diffusion_step(x_new, score, s_i, s_prev, randn(shape, generator, y_z))
+            x, x_mean = predict(x_new, score, s_i, s_prev, randn(shape, generator, y_z))
         x = x_mean  # noise removal: the last predictor's mean (sigma_{-1} = 0)
         if sigma_z == 0.0:
             x = x + op.pinv(y_z - op.A(x))

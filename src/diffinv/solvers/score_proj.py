@@ -41,6 +41,12 @@ removal), finally mixed with the clean y: hard projection (lambda = 1) when sigm
 A x = y, and weight lambda when sigma_y > 0 (the paper has no explicit noise model; lambda < 1
 is its way of down-weighting noisy data).
 
+``predictor="ancestral"`` replaces the reverse-diffusion predictor by SMLD ancestral sampling
+(score-SDE, Appendix F): the same mean, with the posterior noise
+sqrt(sigma_{i-1}^2 (sigma_i^2 - sigma_{i-1}^2) / sigma_i^2) instead of sqrt(sigma_i^2 - sigma_{i-1}^2),
+so that the chain stays on its noise levels when there are few steps (with tens of steps the
+reverse-diffusion predictor leaves noise of about sigma_i behind at every step and fails).
+
 Defaults are the authors' CT settings: 1000 steps (their N), snr = 0.246, lambda = 0.841, one
 corrector step per level. Random draws per level: measurement noise, Langevin noise, measurement
 noise, predictor noise.
@@ -57,7 +63,7 @@ from __future__ import annotations
 
 import math
 
-from ._guidance import langevin_step, noised_measurement, reverse_diffusion_step
+from ._guidance import VE_PREDICTORS, check_predictor, langevin_step, noised_measurement
 from .base import Solver, randn, register
 
 
@@ -67,7 +73,7 @@ class ScoreProj(Solver):
 
     name = "score-proj"
     description = "score-SDE PC sampling + lambda-weighted measurement mixing (Song et al. 2022, score-CT)"
-    defaults = {"steps": 1000, "snr": 0.246, "lam": 0.841}
+    defaults = {"steps": 1000, "snr": 0.246, "lam": 0.841, "predictor": "reverse-diffusion"}
 
     def validate_params(self) -> None:
         super().validate_params()
@@ -77,6 +83,7 @@ class ScoreProj(Solver):
         lam = float(self.params["lam"])
         if not 0.0 <= lam <= 1.0:
             raise ValueError(f"lam must be in [0, 1], got {self.params['lam']!r}")
+        check_predictor(self.params["predictor"])
 
     def _solve(self, y, op, sigma_y, generator, progress, callback):
         prior = self.prior
@@ -86,6 +93,7 @@ class ScoreProj(Solver):
         sig = prior.schedule.sigmas
         sigmas = [float(sig[t]) for t in ts] + [0.0]
         shape = (y_z.shape[0], *op.in_shape)
+        predict = VE_PREDICTORS[self.params["predictor"]]
 
         def mix(x, s, weight=lam):
             y_i = noised_measurement(y_z, op, 1.0, s, randn(shape, generator, y_z))  # y_i = y + sigma_i A z
@@ -101,7 +109,7 @@ class ScoreProj(Solver):
                 callback(i, x, prior.to_image(x0))
             x = langevin_step(x, (x0 - x) / s_i**2, snr, randn(shape, generator, y_z))  # corrector
             x = mix(x, s_i)
-            x, x_mean = reverse_diffusion_step(
+            x, x_mean = predict(
                 x, prior.score_ve(x, t), s_i, s_prev, randn(shape, generator, y_z)
             )  # predictor
         x = x_mean  # noise removal
