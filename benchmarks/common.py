@@ -131,3 +131,100 @@ def save_png(path: str | os.PathLike, image) -> Path:
 def result_path(name: str, out: str | os.PathLike | None = None) -> Path:
     """``<out>/<name>``, default ``benchmarks/results/<name>``."""
     return Path(out if out is not None else RESULTS) / name
+
+
+PALETTE = [(66, 114, 196), (237, 125, 49), (112, 173, 71), (165, 105, 189), (255, 192, 0), (91, 155, 213)]
+
+
+def line_chart(
+    series: dict[str, list[tuple[float, float]]],
+    title: str,
+    xlabel: str,
+    ylabel: str = "PSNR (dB)",
+    hlines: dict[str, float] | None = None,
+    log_x: bool = False,
+    size: tuple[int, int] = (520, 320),
+):
+    """A PIL line chart (no plotting library): one polyline with markers per series, optional
+    dashed horizontal reference lines (e.g. baselines), log-scaled x when ``log_x``."""
+    import math
+
+    from PIL import Image, ImageDraw
+
+    W, H = size
+    left, right, top, bottom = 48, 130, 26, 40
+    img = Image.new("RGB", (W, H), "white")
+    d = ImageDraw.Draw(img)
+    d.text((6, 6), title, fill="black")
+    pts = [p for s in series.values() for p in s if math.isfinite(p[1])]
+    ys = [p[1] for p in pts] + list((hlines or {}).values())
+    xs = [p[0] for p in pts]
+    if not pts:
+        return img
+    fx = (lambda v: math.log10(v)) if log_x else (lambda v: v)
+    x_lo, x_hi = fx(min(xs)), fx(max(xs))
+    y_lo, y_hi = math.floor(min(ys) - 1), math.ceil(max(ys) + 1)
+    x_hi = x_hi if x_hi > x_lo else x_lo + 1
+    pw, ph = W - left - right, H - top - bottom
+
+    def px(x, y):
+        return (left + pw * (fx(x) - x_lo) / (x_hi - x_lo), top + ph * (1 - (y - y_lo) / (y_hi - y_lo)))
+
+    d.line([(left, top), (left, top + ph), (left + pw, top + ph)], fill="black")
+    step = max(1, round((y_hi - y_lo) / 6))
+    for v in range(int(y_lo), int(y_hi) + 1, step):
+        _, yy = px(min(xs), v)
+        d.line([(left - 4, yy), (left, yy)], fill="black")
+        d.text((6, yy - 6), f"{v:g}", fill="black")
+    for v in sorted(set(xs)):
+        xx, _ = px(v, y_lo)
+        d.line([(xx, top + ph), (xx, top + ph + 4)], fill="black")
+        d.text((xx - d.textlength(f"{v:g}") / 2, top + ph + 6), f"{v:g}", fill="black")
+    d.text((left + pw / 2 - d.textlength(xlabel) / 2, H - 16), xlabel, fill="black")
+    d.text((left + 4, top + 2), ylabel, fill=(90, 90, 90))
+    legend_y = top
+    for k, (name, val) in enumerate((hlines or {}).items()):
+        _, yy = px(min(xs), val)
+        col = (120, 120, 120) if k % 2 == 0 else (200, 60, 60)
+        for x0 in range(left, left + pw, 10):
+            d.line([(x0, yy), (min(x0 + 5, left + pw), yy)], fill=col)
+        d.text((left + pw + 8, legend_y), f"-- {name}", fill=col)
+        legend_y += 14
+    for i, (name, s) in enumerate(series.items()):
+        col = PALETTE[i % len(PALETTE)]
+        p = [px(x, y) for x, y in s if math.isfinite(y)]
+        if len(p) > 1:
+            d.line(p, fill=col, width=2)
+        for xx, yy in p:
+            d.ellipse([xx - 3, yy - 3, xx + 3, yy + 3], fill=col)
+        d.text((left + pw + 8, legend_y), name, fill=col)
+        legend_y += 14
+    return img
+
+
+def hstack(images, gap: int = 8):
+    """Images side by side on white (same top edge)."""
+    from PIL import Image
+
+    W = sum(im.width for im in images) + gap * (len(images) - 1)
+    H = max(im.height for im in images)
+    out = Image.new("RGB", (W, H), "white")
+    x = 0
+    for im in images:
+        out.paste(im, (x, 0))
+        x += im.width + gap
+    return out
+
+
+def vstack(images, gap: int = 8):
+    """Images one below the other on white (same left edge)."""
+    from PIL import Image
+
+    W = max(im.width for im in images)
+    H = sum(im.height for im in images) + gap * (len(images) - 1)
+    out = Image.new("RGB", (W, H), "white")
+    y = 0
+    for im in images:
+        out.paste(im, (0, y))
+        y += im.height + gap
+    return out

@@ -85,10 +85,13 @@ FIGURE_VIEWS = 18
 METHODS: dict[str, tuple[str, dict]] = {
     "fbp": ("pinv", {"use_fbp": True}),
     "fista-tv": ("fista-tv", {}),
-    "score-proj": ("score-proj", {}),
+    # The VE samplers run the ancestral predictor: with tens of steps the papers' reverse-diffusion
+    # predictor leaves noise of about sigma_i behind at every step (3.8 dB here at 6 steps, 4.8 dB
+    # at 20; see ct_sweep.md and tests/solvers/test_ve_predictors.py).
+    "score-proj": ("score-proj", {"predictor": "ancestral"}),
     "ddnm": ("ddnm", {}),
     "mcg-vp": ("mcg", {"form": "vp"}),
-    "mcg-ve": ("mcg", {"form": "ve"}),
+    "mcg-ve": ("mcg", {"form": "ve", "predictor": "ancestral"}),
     "dps": ("dps", {}),
 }
 DIFFUSION = ("score-proj", "ddnm", "mcg-vp", "mcg-ve", "dps")
@@ -106,7 +109,8 @@ QUICK_TUNED = ("fista-tv", "score-proj")
 # Defaults of the full run (see the module docstring for the duration).
 DEFAULT_N = 50
 DEFAULT_VAL_N = 10
-DEFAULT_STEPS = 6
+#: Steps per diffusion method of the full run (chosen on the validation split, ct_sweep.md).
+DEFAULT_STEPS = {"score-proj": 6, "ddnm": 6, "mcg-vp": 6, "mcg-ve": 6, "dps": 6}
 DEFAULT_TV_ITERS = 100
 
 
@@ -125,7 +129,7 @@ def run_method(method, y, op, sigma, prior, args, value=None, seed=SOLVER_SEED):
     if method == "fista-tv":
         params["iters"] = args.tv_iters
     if method in DIFFUSION:
-        solver = pipeline.make_solver(name, prior, args.steps, **params)
+        solver = pipeline.make_solver(name, prior, args.steps[method], **params)
     else:
         solver = pipeline.make_solver(name, None, **params)
     x = solver(y, op, sigma_y=sigma, generator=torch.Generator().manual_seed(seed))
@@ -224,9 +228,9 @@ def parse_args(argv=None):
     )
     ap.add_argument(
         "--steps",
-        type=int,
         default=None,
-        help=f"steps of every diffusion method (default {DEFAULT_STEPS}; quick 3)",
+        help="steps of the diffusion methods: N for all, and/or method=N overrides, e.g. '20,dps=50' "
+        "(default " + ",".join(f"{m}={n}" for m, n in DEFAULT_STEPS.items()) + "; quick 3)",
     )
     ap.add_argument(
         "--tv-iters",
@@ -270,9 +274,12 @@ def parse_args(argv=None):
     q = args.quick
     args.n = args.n if args.n is not None else (4 if q else DEFAULT_N)
     args.val_n = args.val_n if args.val_n is not None else (2 if q else DEFAULT_VAL_N)
-    args.steps = args.steps if args.steps is not None else (3 if q else DEFAULT_STEPS)
+    try:
+        args.steps = parse_steps(args.steps, {m: 3 for m in DIFFUSION} if q else DEFAULT_STEPS)
+    except ValueError as e:
+        ap.error(f"--steps: {e}")
     args.tv_iters = args.tv_iters if args.tv_iters is not None else (5 if q else DEFAULT_TV_ITERS)
-    for key in ("n", "val_n", "steps", "tv_iters"):
+    for key in ("n", "val_n", "tv_iters"):
         if getattr(args, key) < 1:
             ap.error(f"--{key.replace('_', '-')} must be >= 1")
 
@@ -316,6 +323,35 @@ def parse_args(argv=None):
     return args
 
 
+def parse_steps(text: str | None, default: dict[str, int]) -> dict[str, int]:
+    """``"20"`` (all methods), ``"ddnm=50,dps=100"`` (overrides of ``default``), or both mixed."""
+    steps = dict(default)
+    if text is None:
+        return steps
+    for item in (t.strip() for t in str(text).split(",")):
+        if not item:
+            continue
+        method, _, value = item.rpartition("=")
+        if method and method not in DIFFUSION:
+            raise ValueError(f"unknown method {method!r}; choose from {', '.join(DIFFUSION)}")
+        try:
+            n = int(value)
+        except ValueError:
+            raise ValueError(f"expected N or method=N, got {item!r}") from None
+        if n < 1:
+            raise ValueError(f"steps must be >= 1, got {item!r}")
+        steps.update({method: n} if method else {m: n for m in DIFFUSION})
+    return steps
+
+
+def steps_label(steps: dict[str, int], methods) -> str:
+    """``"6"`` when every listed diffusion method has the same count, else ``"ddnm 50, dps 20, ..."``."""
+    counts = {m: steps[m] for m in methods if m in DIFFUSION}
+    if len(set(counts.values())) <= 1:
+        return str(next(iter(counts.values()), "-"))
+    return ", ".join(f"{m} {n}" for m, n in counts.items())
+
+
 def _default(method: str, param: str) -> float:
     """The solver's default value of ``param`` (MCG's ``grad_weight=None``: its form's default)."""
     from diffinv import solvers
@@ -346,7 +382,7 @@ def main(argv=None) -> int:
     settings = [(v, s) for s in args.sigmas for v in args.views]
     log(
         f"{args.n} test + 1 Shepp-Logan phantoms, {args.val_n} validation; {len(settings)} settings; "
-        f"steps={args.steps}; methods={','.join(args.methods)}"
+        f"steps: {steps_label(args.steps, args.methods)}; methods={','.join(args.methods)}"
     )
 
     args.gram_seconds = {}
@@ -409,7 +445,7 @@ def main(argv=None) -> int:
     )
     write_text(out_md, text)
     if figure_rows:
-        title = f"ct.py: {FIGURE_VIEWS} views, noiseless, {args.steps} steps (PSNR of each image)"
+        title = f"ct.py: {FIGURE_VIEWS} views, noiseless (PSNR of each image)"
         save_png(out_png, comparison_figure(figure_rows, tile=128, title=title))
     print(text)
     log(f"wrote {out_md}" + (f" and {out_png}" if figure_rows else "") + f" in {total:.0f} s")
@@ -427,23 +463,25 @@ def report(args, command, results, chosen, total, tuning_seconds, method_seconds
         f"- prior: `{args.prior}` (64x64 DDPM, linear beta schedule, 1000 training steps)\n"
         f"- operator: `ct<views>` (parallel beam, 180 degrees, 91 detector bins, exact pseudo-inverse "
         f"from the cached Gram eigendecomposition); noise σ on the sinogram in [0, 1]-image units\n"
-        f"- steps: **{args.steps}** for every diffusion method (NFE: one per step, two for score-proj and "
-        f"mcg-ve; MCG and DPS back-propagate through the network each step); the MCG paper uses 2000 "
-        f"(VE) / 1000 (VP) steps, out of reach on a CPU. Few steps hurt the VE predictor-corrector samplers "
-        f"(score-proj, mcg-ve) most: each reverse-SDE step adds noise of std sqrt(σ_i² - σ_(i-1)²), far "
-        f"above the next level σ_(i-1) when the levels are coarse. Step counts that divide 1000 start at "
-        f"t = 1000 - 1000/steps (e.g. 2 steps start at t = 500, not from pure noise)\n"
+        f"- steps: **{steps_label(args.steps, args.methods)}** (NFE: one per step, two for score-proj and "
+        f"mcg-ve; MCG and DPS back-propagate through the network each step), chosen on the validation "
+        f"split with `ct_sweep.py` to fit a CPU budget; the MCG paper uses 2000 (VE) / 1000 (VP) steps. "
+        f"Step counts that divide 1000 start at t = 1000 - 1000/steps\n"
+        f'- VE samplers (score-proj, mcg-ve) use `predictor="ancestral"` (SMLD ancestral sampling, '
+        f"score-SDE Appendix F) instead of the papers' reverse-diffusion predictor, which needs hundreds "
+        f"of steps: at 6-20 steps it leaves noise of about σ_i behind at every level (3.8-4.8 dB PSNR "
+        f"here)\n"
         f"- one-off pseudo-inverse factorisations (Gram eigendecomposition, outside the solver timings): "
         + ", ".join(f"{v} views {s:.1f} s" for v, s in sorted(args.gram_seconds.items()))
         + "\n"
-        f"- noisy settings run ddnm+ for ddnm; its scalar noise model assumes A^+ n has the per-pixel std "
-        f"σ, but the exact CT pseudo-inverse amplifies sinogram noise strongly (kept singular values go "
-        f"down to 1e-6 of the largest), so DDNM(+) is expected to break down with noise here\n"
+        f"- noisy settings run ddnm+ for ddnm, with its per-singular-value noise scaling (λ_t,i, γ_t,i "
+        f"from the CT operator's `partial_svd`; the exact CT pseudo-inverse amplifies sinogram noise "
+        f"by up to 1/s_min, so the scalar form breaks down)\n"
         f"- fista-tv: {args.tv_iters} MFISTA iterations, FBP start, box [0, 1]; fbp: ramp filter\n"
         f"- metrics: PSNR / SSIM of the output clamped to [0, 1], mean ± std over the test phantoms; "
         f"Shepp-Logan (SL) separately; s/slice = solver wall time / batch size ({args.n + 1})\n"
         f"- wall time: {total:.0f} s in total, tuning {tuning_seconds:.0f} s, test runs of the diffusion "
-        f"methods {diff_sec:.0f} s ({diff_sec / args.steps:.0f} s per step)\n"
+        f"methods {diff_sec:.0f} s\n"
         + (
             f"- figure: `{png_name}` (test phantom {args.figure_index} and Shepp-Logan, {FIGURE_VIEWS} views, noiseless)\n"
             if has_fig
