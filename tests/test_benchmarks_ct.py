@@ -49,3 +49,53 @@ def test_ct_quick(tmp_path):
     # Targets: evaluated at 8 and 18 views against FBP and FISTA-TV, with margins.
     targets = text.split("## Targets", 1)[1]
     assert len(re.findall(r"margin [-+]\d+\.\d+ dB .*\*\*(met|missed)\*\*", targets)) == 4
+
+
+def test_ct_steps_option():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import pytest
+    from ct import DIFFUSION, parse_steps
+
+    base = dict.fromkeys(DIFFUSION, 6)
+    assert parse_steps(None, base) == base
+    assert parse_steps("20", base) == dict.fromkeys(DIFFUSION, 20)
+    assert parse_steps("20,dps=50", base) == {**dict.fromkeys(DIFFUSION, 20), "dps": 50}
+    assert parse_steps("mcg-ve=3", base) == {**base, "mcg-ve": 3}
+    for bad, msg in (("fbp=3", "unknown method"), ("ddnm=x", "expected N"), ("0", ">= 1")):
+        with pytest.raises(ValueError, match=msg):
+            parse_steps(bad, base)
+
+
+def test_ct_sweep_quick(tmp_path):
+    script = ROOT / "benchmarks" / "ct_sweep.py"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "--quick",
+            "--out",
+            str(tmp_path),
+            "--priors",
+            "1=ct-ellipses-64,2=ct-ellipses-64",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, f"ct_sweep.py failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    md, png = tmp_path / "ct_sweep.md", tmp_path / "ct_sweep.png"
+    assert md.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = md.read_text()
+    assert "- command: `python benchmarks/ct_sweep.py --quick" in text
+    part1 = text.split("## Part 1", 1)[1].split("## Part 2", 1)[0]
+    for method in METHODS[2:]:
+        row = next(line for line in part1.splitlines() if line.startswith(f"| {method} |"))
+        values = [float(v) for v in NUMBER.findall(row.split("|", 2)[2])]
+        assert len(values) == 3 and all(math.isfinite(v) for v in values), row  # 2 steps, 3 steps, s/img
+    part2 = text.split("## Part 2", 1)[1].split("## Best", 1)[0]
+    rows = [line for line in part2.splitlines() if re.match(r"\| [12] \|", line)]
+    assert len(rows) == 2
+    # the same weights under two labels give the same numbers (seeded runs)
+    assert rows[0].split("|")[3:] == rows[1].split("|")[3:]
+    assert "FISTA-TV" in text and "FBP" in text
