@@ -14,9 +14,11 @@ noiseless and with Gaussian noise ``sigma_y = 0.01`` added to the sinogram (in t
 
 Methods: FBP (the ``pinv`` solver, which uses the ramp-filtered back-projection for CT),
 FISTA-TV (``fista-tv``, ``--tv-iters`` iterations), and the diffusion solvers ``score-proj``,
-``ddnm`` (``ddnm+`` with noise), ``mcg`` in both forms (``mcg-vp``, ``mcg-ve``) and ``dps``, every
-diffusion method with ``--steps`` steps (NFE: one per step; two for score-proj and mcg-ve). All
-phantoms of a setting (test + Shepp-Logan) go through each solver as one batch.
+``ddnm`` (``ddnm+`` with noise), ``mcg`` in both forms (``mcg-vp``, ``mcg-ve``) and ``dps``, each
+diffusion method with its ``--steps`` count (``DEFAULT_STEPS``, chosen on the validation split with
+``ct_sweep.py``; NFE: one per step, two for score-proj and mcg-ve). The VE samplers use the
+ancestral predictor (see ``METHODS``). All phantoms of a setting (test + Shepp-Logan) go through
+each solver as one batch.
 
 Tuning: a grid search on the validation split (never the test split) picks, per noise level, the
 FISTA-TV lambda, the score-proj lambda, the MCG gradient weights (both forms) and the DPS zeta that
@@ -37,12 +39,10 @@ Writes ``<out>/ct.md`` (``--out`` defaults to ``benchmarks/results``) and ``<out
 phantom ``--figure-index`` and Shepp-Logan at 18 views, every method). With ``--n`` below 50 the
 first phantoms of the standard 50 are used (likewise for ``--val-n``).
 
-Duration (2-core CPU shared with two training jobs, load average 3-5, one torch thread):
-``python benchmarks/ct.py --steps 3`` took 663 s: ~145 s fixed (prior, phantoms, Gram
-eigendecompositions ~7 s, FISTA-TV tuning and runs ~135 s) plus ~173 s per diffusion step (136 s
-for the 8 test settings' 51-image batches, 37 s for tuning on 4 settings x 10 phantoms). Hence the
-default of 6 steps: ``python benchmarks/ct.py`` should take about 145 + 6 x 173 s ~ 20 minutes
-(more on a busier machine). The quick run took ~25 s.
+Duration: with the default steps about an hour on 2 CPU cores with one torch thread, mostly the
+diffusion methods' test runs (51-image batches, 8 settings) and their tuning (10 phantoms, 4
+settings, 3 values each); noiseless and noisy settings can run as two processes
+(``--sigmas 0`` / ``--sigmas 0.01`` with separate ``--out``). The quick run takes about 20 s.
 """
 
 from __future__ import annotations
@@ -110,7 +110,10 @@ QUICK_TUNED = ("fista-tv", "score-proj")
 DEFAULT_N = 50
 DEFAULT_VAL_N = 10
 #: Steps per diffusion method of the full run (chosen on the validation split, ct_sweep.md).
-DEFAULT_STEPS = {"score-proj": 6, "ddnm": 6, "mcg-vp": 6, "mcg-ve": 6, "dps": 6}
+#: On the validation split PSNR still rises from 25 to 50 steps for ddnm (+0.9 / +0.9 dB at 8 / 18
+#: views) but not for mcg-vp (+0.3 / -0.0 dB) and mcg-ve (flat from 5 steps on); dps would need
+#: hundreds. The counts fit the run into about an hour on 2 CPU cores.
+DEFAULT_STEPS = {"score-proj": 25, "ddnm": 50, "mcg-vp": 25, "mcg-ve": 10, "dps": 25}
 DEFAULT_TV_ITERS = 100
 
 
