@@ -553,6 +553,10 @@ def report(args, command, results, chosen, total, tuning_seconds, method_seconds
                     f"- {info}{label}: best diffusion {best} {b:.2f} dB vs {ref} {val:.2f} dB, "
                     f"margin {margin:+.2f} dB (need >= +{need:.2f}): **{'met' if ok else 'missed'}**"
                 )
+    lines.append(
+        "\nWhere a target is missed, `ct_sweep.md` shows on the validation split how PSNR grows with the "
+        "steps and with the prior's training, and `results/README.md` discusses what would close the gap."
+    )
     return "\n".join(lines) + "\n"
 
 
