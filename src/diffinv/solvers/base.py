@@ -108,7 +108,8 @@ class Solver:
         for key in ("steps", "iters"):
             if key in self.params and (int(self.params[key]) != self.params[key] or self.params[key] < 1):
                 raise ValueError(f"{key} must be a positive integer, got {self.params[key]!r}")
-        if "eta" in self.params and not 0.0 <= float(self.params["eta"]) <= 1.0:
+        eta = self.params.get("eta")
+        if eta is not None and not 0.0 <= float(eta) <= 1.0:
             raise ValueError(f"eta must be in [0, 1], got {self.params['eta']}")
 
     def check_operator(self, op: LinearOperator) -> None:

@@ -63,6 +63,17 @@ at every step and in every sample drawn for one y, though it stands in for fresh
 error that averaging samples does not remove (see the usefulness numbers printed by
 tests/solvers/test_ddnm.py; DDRM does better there).
 
+DDNM+'s ``eta`` defaults to None: 0.85 (as DDNM) without noise, 1.0 with noise. With noise and
+``eta < 1`` both updates carry part of x_t into x_t' (the network's eps, resp. eps^), and with it the
+measurement noise that Sigma_t let into the previous step; since it is the same realisation every
+step, the carried and the new copies add up coherently instead of in quadrature, and in
+coordinates where lambda_t,i < 1 the noise left in x_t' exceeds its level. With ``noise="ddnm"``
+and eta = 1 (c_eps = 0) x_t' is built from x^0|t and fresh noise only. Measured with the shipped
+natural prior (8 CBSD68 crops, 20 steps, sigma_y = 0.05): Gaussian deblurring 16.4 dB at eta 0.85
+vs 24.8 dB at eta 1 (DDRM 25.1), 4x SR 22.5 vs 23.4 dB; CT 18 views, sigma_y = 0.01: 32.1 vs 32.6 dB.
+(``noise="ddim"`` with eta = 1, the DDPM posterior of Algorithm 2, keeps the x_t term and also
+fails on deblurring, 12.4 dB.)
+
 Time travel (Section 3.4, the time-travel trick): after every ``travel_length`` (L) reverse steps,
 the state x_t at grid position k is pushed back L grid steps with the forward process
 ``q(x_{t_(k-L)} | x_{t_k}) = N(sqrt(abar_(k-L)/abar_k) x, (1 - abar_(k-L)/abar_k) I)`` and the L steps
@@ -147,12 +158,14 @@ class DDNM(Solver):
         return self._sample(y_z, op, 0.0, 0, 0, generator, progress, callback)
 
     # ------------------------------------------------------------------ shared sampler
-    def _coefficients(self, ab_t: float, ab_n: float):
+    def _eta(self, sigma_z: float) -> float:
+        return float(self.params["eta"])
+
+    def _coefficients(self, ab_t: float, ab_n: float, eta: float):
         """(a_t, sigma_t, c_eps) of the update x_t' = a x^0 + c_eps eps + sigma_t z (see module doc).
 
         For ``noise="ddim"`` the eps^ term itself contains x^0|t, which is folded into ``a_t``.
         """
-        eta = float(self.params["eta"])
         if self.params["noise"] == "ddnm":
             sigma = eta * math.sqrt(1.0 - ab_n)
             c_eps = math.sqrt(1.0 - ab_n) * math.sqrt(max(1.0 - eta**2, 0.0))
@@ -204,6 +217,7 @@ class DDNM(Solver):
         grid = ts + [-1]
         abar = [float(sched.alpha_bar(t)) for t in grid]
         S = len(ts)
+        eta = self._eta(sigma_z)
         shape = (y_z.shape[0], *op.in_shape)
         x = randn(shape, generator, y_z)  # x_T ~ N(0, I)
         x0_hat = x
@@ -215,7 +229,7 @@ class DDNM(Solver):
         while pos < S:
             t, ab_t, ab_n = grid[pos], abar[pos], abar[pos + 1]
             x0 = prior.x0(x, t)  # x0|t, Tweedie
-            a, sigma, c_eps = self._coefficients(ab_t, ab_n)
+            a, sigma, c_eps = self._coefficients(ab_t, ab_n, eta)
             z = randn(shape, generator, y_z) if sigma > 0 else None
             x0_hat, noise = self._correct(x0, y_z, op, sigma_z, a, sigma, z)
             if self.params["noise"] == "ddnm":
@@ -250,8 +264,15 @@ class DDNMPlus(DDNM):
 
     name = "ddnm+"
     description = "DDNM+ (Wang et al. 2022): noise-scaled range correction (per singular value) + time travel"
-    defaults = {"steps": 100, "eta": 0.85, "noise": "ddnm", "travel_length": 0, "travel_repeat": 1}
+    defaults = {"steps": 100, "eta": None, "noise": "ddnm", "travel_length": 0, "travel_repeat": 1}
     supports_noise = True
+
+    def _eta(self, sigma_z: float) -> float:
+        """``eta``, or for ``eta=None`` 0.85 without noise and 1.0 with noise (see the module doc)."""
+        eta = self.params["eta"]
+        if eta is None:
+            return 1.0 if sigma_z > 0 else 0.85
+        return float(eta)
 
     def _solve(self, y, op, sigma_y, generator, progress, callback):
         y_z, sigma_z = self.measurement_to_model(y, op, sigma_y)
