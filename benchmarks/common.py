@@ -144,6 +144,7 @@ def line_chart(
     hlines: dict[str, float] | None = None,
     log_x: bool = False,
     size: tuple[int, int] = (520, 320),
+    colors: dict | None = None,
 ):
     """A PIL line chart (no plotting library): one polyline with markers per series, optional
     dashed horizontal reference lines (e.g. baselines), log-scaled x when ``log_x``."""
@@ -191,7 +192,7 @@ def line_chart(
         d.text((left + pw + 8, legend_y), f"-- {name}", fill=col)
         legend_y += 14
     for i, (name, s) in enumerate(series.items()):
-        col = PALETTE[i % len(PALETTE)]
+        col = (colors or {}).get(name, PALETTE[i % len(PALETTE)])
         p = [px(x, y) for x, y in s if math.isfinite(y)]
         if len(p) > 1:
             d.line(p, fill=col, width=2)

@@ -33,7 +33,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import command_line, header, hstack, line_chart, result_path, save_png, vstack, write_text  # noqa: E402
+from common import (  # noqa: E402
+    PALETTE,
+    command_line,
+    header,
+    hstack,
+    line_chart,
+    result_path,
+    save_png,
+    vstack,
+    write_text,
+)
 from ct import (  # noqa: E402
     DEFAULT_VAL_N,
     DIFFUSION,
@@ -56,6 +66,8 @@ from diffinv.data.ellipses import random_phantoms  # noqa: E402
 #: Fixed hyperparameters of the sweep (ct.py's values tuned at 6 steps, 8 and 18 views).
 SWEEP_PARAMS = {"score-proj": 0.841, "mcg-vp": 0.3, "mcg-ve": 0.05, "dps": 0.3, "fista-tv": 0.05}
 DEFAULT_GRID = (5, 10, 25, 50)
+#: One colour per method in every panel.
+COLORS = {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(DIFFUSION)}
 DEFAULT_TRAIN_METHODS = ("ddnm", "mcg-vp")
 DEFAULT_TRAIN_STEPS = 20
 
@@ -187,7 +199,14 @@ def main(argv=None) -> int:
         series = {m: [(s, steps_res[(views, m, s)][0]) for s in args.steps_grid] for m in args.methods}
         hl = {"FISTA-TV": refs[views]["fista-tv"], "FBP": refs[views]["fbp"]}
         row = [
-            line_chart(series, f"{views} views: PSNR vs steps (validation)", "steps", hlines=hl, log_x=True)
+            line_chart(
+                series,
+                f"{views} views: PSNR vs steps (validation)",
+                "steps",
+                hlines=hl,
+                log_x=True,
+                colors=COLORS,
+            )
         ]
         if train_res:
             tseries = {
@@ -199,6 +218,7 @@ def main(argv=None) -> int:
                     f"{views} views: PSNR vs prior training ({args.train_steps} steps)",
                     "training steps (batch 32)",
                     hlines=hl,
+                    colors=COLORS,
                 )
             )
         panels.append(hstack(row))
@@ -227,7 +247,9 @@ def report(args, command, refs, steps_res, train_res, total, png_name) -> str:
             f"\n### {views} views (FBP {refs[views]['fbp']:.2f} dB, FISTA-TV {refs[views]['fista-tv']:.2f} dB)\n"
         )
         lines.append(
-            "| method | " + " | ".join(f"{s} steps" for s in args.steps_grid) + " | s/img at the most |"
+            "| method | "
+            + " | ".join(f"{s} steps" for s in args.steps_grid)
+            + f" | s/img at {args.steps_grid[-1]} steps |"
         )
         lines.append("|---|" + "---|" * (len(args.steps_grid) + 1))
         for m in args.methods:
