@@ -42,7 +42,7 @@ first phantoms of the standard 50 are used (likewise for ``--val-n``).
 Duration: mostly the diffusion methods' test runs (51-image batches) and their tuning (10 phantoms,
 3 values each). With the default steps, the noiseless and the noisy settings run as two processes
 side by side on 2 CPU cores (``--sigmas 0`` and ``--sigmas 0.01 --out benchmarks/results/ct-noisy``,
-one torch thread each) took 1586 s and about 1300 s; one process for all 8 settings takes about
+one torch thread each) took 1586 s and 1580 s; one process for all 8 settings takes about
 twice as long. The quick run takes about 20 s.
 """
 
