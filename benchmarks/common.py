@@ -99,6 +99,37 @@ def header(title: str, command: str | None = None) -> str:
     )
 
 
+def mean_std(values) -> tuple[float, float]:
+    """Mean and population std of ``values`` (nan, nan when empty; std 0 for one value)."""
+    import math
+    import statistics
+
+    v = [float(x) for x in values]
+    if not v:
+        return math.nan, math.nan
+    return statistics.fmean(v), (statistics.pstdev(v) if len(v) > 1 else 0.0)
+
+
+def fmt(values, spec: str) -> str:
+    """``"mean ± std"`` of ``values`` with the format ``spec`` for both."""
+    m, s = mean_std(values)
+    return f"{m:{spec}} ± {s:{spec}}"
+
+
+def positive_ints(ap, text: str | None, default, name: str) -> list[int]:
+    """Parse a comma-separated ``--name`` option of positive integers (``default`` when None);
+    bad values end the program through ``ap.error`` with a one-line message."""
+    if text is None:
+        return list(default)
+    try:
+        vals = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        ap.error(f"--{name} must be comma-separated integers, got {text!r}")
+    if not vals or min(vals) < 1:
+        ap.error(f"--{name} needs positive integers, got {text!r}")
+    return vals
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (temporary file in the same folder, then rename)."""
     path = Path(path)

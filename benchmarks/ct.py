@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -61,7 +60,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import command_line, header, result_path, save_png, write_text  # noqa: E402
+from common import (  # noqa: E402
+    command_line,
+    fmt,
+    header,
+    mean_std,
+    positive_ints,
+    result_path,
+    save_png,
+    write_text,
+)
 
 from diffinv import metrics as M  # noqa: E402
 from diffinv import pipeline, priors  # noqa: E402
@@ -146,18 +154,6 @@ def measure(op, x, sigma: float, key: int) -> torch.Tensor:
 
 def setting_key(views: int, sigma: float) -> int:
     return 1000 * views + round(1e4 * sigma)
-
-
-def mean_std(values) -> tuple[float, float]:
-    v = [float(x) for x in values]
-    if not v:
-        return math.nan, math.nan
-    return statistics.fmean(v), (statistics.pstdev(v) if len(v) > 1 else 0.0)
-
-
-def fmt(values, spec: str) -> str:
-    m, s = mean_std(values)
-    return f"{m:{spec}} ± {s:{spec}}"
 
 
 def setting_label(views: int, sigma: float) -> str:
@@ -287,19 +283,8 @@ def parse_args(argv=None):
         if getattr(args, key) < 1:
             ap.error(f"--{key.replace('_', '-')} must be >= 1")
 
-    def ints(text, default, name):
-        if text is None:
-            return list(default)
-        try:
-            vals = [int(t) for t in text.split(",") if t.strip()]
-        except ValueError:
-            ap.error(f"--{name} must be comma-separated integers, got {text!r}")
-        if not vals or min(vals) < 1:
-            ap.error(f"--{name} needs positive integers, got {text!r}")
-        return vals
-
-    args.views = ints(args.views, (8, 18) if q else VIEWS, "views")
-    args.tune_views = ints(args.tune_views, (8,) if q else TARGET_VIEWS, "tune-views")
+    args.views = positive_ints(ap, args.views, (8, 18) if q else VIEWS, "views")
+    args.tune_views = positive_ints(ap, args.tune_views, (8,) if q else TARGET_VIEWS, "tune-views")
     if args.sigmas is None:
         args.sigmas = [0.0] if q else list(SIGMAS)
     else:

@@ -39,6 +39,8 @@ from common import (  # noqa: E402
     header,
     hstack,
     line_chart,
+    mean_std,
+    positive_ints,
     result_path,
     save_png,
     vstack,
@@ -53,7 +55,6 @@ from ct import (  # noqa: E402
     VAL_SEED,
     log,
     make_operator,
-    mean_std,
     measure,
     run_method,
     setting_key,
@@ -96,22 +97,11 @@ def parse_args(argv=None):
         ap.error("--threads must be >= 1")
     torch.set_num_threads(args.threads)
 
-    def ints(text, default, name):
-        if text is None:
-            return list(default)
-        try:
-            vals = [int(t) for t in text.split(",") if t.strip()]
-        except ValueError:
-            ap.error(f"--{name} must be comma-separated integers, got {text!r}")
-        if not vals or min(vals) < 1:
-            ap.error(f"--{name} needs positive integers, got {text!r}")
-        return vals
-
     args.n = args.n if args.n is not None else (2 if q else DEFAULT_VAL_N)
     if args.n < 1:
         ap.error("--n must be >= 1")
-    args.views = ints(args.views, (8,) if q else (8, 18), "views")
-    args.steps_grid = ints(args.steps_grid, (2, 3) if q else DEFAULT_GRID, "steps-grid")
+    args.views = positive_ints(ap, args.views, (8,) if q else (8, 18), "views")
+    args.steps_grid = positive_ints(ap, args.steps_grid, (2, 3) if q else DEFAULT_GRID, "steps-grid")
     args.train_steps = args.train_steps or (2 if q else DEFAULT_TRAIN_STEPS)
 
     def methods(text, default, name):
@@ -135,6 +125,17 @@ def parse_args(argv=None):
     return args
 
 
+def load_prior(name_or_path: str):
+    """The prior at ``name_or_path``; a one-line error (SystemExit) if unreadable or not 64x64 x 1."""
+    try:
+        prior = priors.load(name_or_path)
+    except (priors.CheckpointError, OSError, ValueError) as e:
+        raise SystemExit(f"error: prior {name_or_path}: {e}") from None
+    if tuple(prior.image_shape) != SHAPE:
+        raise SystemExit(f"error: prior {name_or_path} has image shape {prior.image_shape}, need {SHAPE}")
+    return prior
+
+
 def psnr_of(x_hat: torch.Tensor, x: torch.Tensor) -> float:
     return mean_std(M.psnr(x_hat.clamp(0, 1), x).tolist())[0]
 
@@ -147,9 +148,9 @@ def main(argv=None) -> int:
         max(args.n, DEFAULT_VAL_N), SIZE, generator=torch.Generator().manual_seed(VAL_SEED)
     )
     x_val = x_val[: args.n]
-    prior = priors.load(args.prior)
-    if tuple(prior.image_shape) != SHAPE:
-        raise SystemExit(f"error: prior {args.prior} has image shape {prior.image_shape}, need {SHAPE}")
+    # Every prior is loaded and checked before any work, so a bad --priors entry fails at once.
+    prior = load_prior(args.prior)
+    train_priors = [(t, path, load_prior(path)) for t, path in args.prior_list]
     args.gram_seconds = {}
     ops, ys, refs = {}, {}, {}
     for views in args.views:
@@ -178,8 +179,7 @@ def main(argv=None) -> int:
     # Part 2: prior training
     train_res: dict[tuple[int, str, int], float] = {}
     args.steps = {m: args.train_steps for m in DIFFUSION}
-    for train_steps, path in args.prior_list:
-        p = priors.load(path)
+    for train_steps, _, p in train_priors:
         for views in args.views:
             for method in args.train_methods:
                 x_hat, sec, _ = run_method(

@@ -40,8 +40,6 @@ Writes ``<out>/natural.md`` and ``<out>/natural.png`` (one crop per task across 
 from __future__ import annotations
 
 import argparse
-import math
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -53,7 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import command_line, header, result_path, save_png, write_text  # noqa: E402
+from common import command_line, fmt, header, mean_std, result_path, save_png, write_text  # noqa: E402
 
 from diffinv import metrics as M  # noqa: E402
 from diffinv import pipeline, priors  # noqa: E402
@@ -150,19 +148,6 @@ def run_method(method, y, op, sigma, prior, steps, tv_iters, seed):
         solver = pipeline.make_solver(method, prior, steps)
     x = solver(y, op, sigma_y=sigma, generator=torch.Generator().manual_seed(seed))
     return x, solver.last_seconds, solver.last_nfe
-
-
-# ---------------------------------------------------------------------------------------- stats
-def mean_std(values) -> tuple[float, float]:
-    v = [float(x) for x in values]
-    if not v:
-        return math.nan, math.nan
-    return statistics.fmean(v), (statistics.pstdev(v) if len(v) > 1 else 0.0)
-
-
-def fmt(values, spec: str) -> str:
-    m, s = mean_std(values)
-    return f"{m:{spec}} ± {s:{spec}}"
 
 
 def setting_label(task: str, sigma: float, ascii: bool = False) -> str:

@@ -99,3 +99,28 @@ def test_ct_sweep_quick(tmp_path):
     # the same weights under two labels give the same numbers (seeded runs)
     assert rows[0].split("|")[3:] == rows[1].split("|")[3:]
     assert "FISTA-TV" in text and "FBP" in text
+
+
+def test_ct_sweep_bad_prior_fails_at_once(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "ct_sweep.py"),
+            "--quick",
+            "--out",
+            str(out),
+            "--priors",
+            "1=/no/such/prior",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode != 0
+    assert (
+        proc.stderr.strip().splitlines()[-1]
+        == "error: prior /no/such/prior: no such file or directory: /no/such/prior"
+    )
+    assert not out.exists()

@@ -233,7 +233,6 @@ def test_ddnm_plus_default_eta_with_noise(opname):
 
 def _ct_pair(size: int = 8, views: int = 4):
     from diffinv.operators.ct import ParallelBeamCT
-    from diffinv.operators.dense import MatrixOperator
 
     ct = ParallelBeamCT(size, views)
     M = ct.matrix(torch.float64).to_dense()
