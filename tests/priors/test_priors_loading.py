@@ -273,7 +273,8 @@ def test_shipped_priors_lookup(tmp_path, tiny_unet, monkeypatch):
     assert (prior.scale, prior.shift) == (1.0, 0.0)
     x = torch.randn(1, 3, 16, 16)
     with torch.no_grad():
-        assert torch.equal(prior.eps(x, 3), net(x, torch.tensor([3])).sample)
+        # same weights, loaded through another path: equal to float32 rounding (kernels may differ)
+        torch.testing.assert_close(prior.eps(x, 3), net(x, torch.tensor([3])).sample, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="shipped priors: toy-16"):
         priors.load("ct-ellipses-64")
 
