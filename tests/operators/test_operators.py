@@ -586,3 +586,23 @@ def test_block_cs_errors():
         BlockRandomCS((1, 8, 8), 0.0, block=4)
     with pytest.raises(ValueError, match="keeps no measurement"):
         BlockRandomCS((1, 8, 8), 0.01, block=4)
+
+
+@pytest.mark.parametrize(
+    "spec, shape, message",
+    [
+        ("sr0", (3, 64, 64), r"factor k must be in \[2, 64\], got 0"),
+        ("sr1", (3, 64, 64), r"factor k must be in \[2, 64\], got 1"),
+        ("sr1-bicubic", (3, 64, 64), r"factor k must be in \[2, 64\], got 1"),
+        ("ct0", (1, 64, 64), r"number of views must be in \[1, 10000\], got 0"),
+        ("colorize+sr0", (3, 64, 64), r"'sr0': factor k must be in"),
+    ],
+)
+def test_spec_integer_parameters_out_of_range_name_the_valid_range(spec, shape, message):
+    with pytest.raises(ValueError, match=message):
+        from_spec(spec, shape)
+
+
+def test_spec_integer_parameters_at_the_range_ends_build():
+    assert from_spec("sr2", (1, 8, 8)).out_shape == (1, 4, 4)
+    assert from_spec("ct1", (1, 8, 8)).out_shape[-2] == 1

@@ -68,6 +68,19 @@ def _default_block(H: int, W: int, limit: int = 32) -> int:
     return 1
 
 
+#: inclusive ranges of the integer parameters of the spec forms (an SR factor of 1 is the identity,
+#: a CT scan needs at least one view); values outside are refused before anything is built.
+_INT_RANGES = {"sr": ("factor k", 2, 64), "ct": ("number of views", 1, 10_000)}
+
+
+def _int_in_range(spec: str, family: str, text: str) -> int:
+    name, lo, hi = _INT_RANGES[family]
+    value = int(text)
+    if not lo <= value <= hi:
+        raise ValueError(f"degradation spec {spec!r}: {name} must be in [{lo}, {hi}], got {value}")
+    return value
+
+
 def _build_one(spec: str, shape: tuple[int, int, int], seed: int) -> LinearOperator:
     from . import colorize, cs, deblur, denoise, inpaint, superres
 
@@ -81,8 +94,11 @@ def _build_one(spec: str, shape: tuple[int, int, int], seed: int) -> LinearOpera
         ),
         ("inpaint-strokes", lambda m: inpaint.Inpaint(inpaint.stroke_mask(H, W, seed), channels=C)),
         ("colorize", lambda m: colorize.Colorize(shape)),
-        (r"sr(\d+)", lambda m: superres.SuperResolution(shape, int(m[1]))),
-        (r"sr(\d+)-bicubic", lambda m: superres.BicubicSuperResolution(shape, int(m[1]))),
+        (r"sr(\d+)", lambda m: superres.SuperResolution(shape, _int_in_range(spec, "sr", m[1]))),
+        (
+            r"sr(\d+)-bicubic",
+            lambda m: superres.BicubicSuperResolution(shape, _int_in_range(spec, "sr", m[1])),
+        ),
         ("deblur-gauss", lambda m: deblur.Blur(shape, deblur.gaussian_kernel())),
         ("deblur-uniform", lambda m: deblur.Blur(shape, deblur.uniform_kernel())),
         ("deblur-aniso", lambda m: deblur.Blur(shape, deblur.anisotropic_kernel())),
@@ -94,7 +110,7 @@ def _build_one(spec: str, shape: tuple[int, int, int], seed: int) -> LinearOpera
                 shape, float(m[1]), block=int(m[2]) if m[2] else _default_block(H, W), generator=seed
             ),
         ),
-        (r"ct(\d+)", lambda m: _build_ct(shape, int(m[1]))),
+        (r"ct(\d+)", lambda m: _build_ct(shape, _int_in_range(spec, "ct", m[1]))),
     ]
     for pattern, build in builders:
         match = re.fullmatch(pattern, spec)
