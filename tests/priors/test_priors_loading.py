@@ -289,3 +289,38 @@ def test_ve_schedule_type_from_config():
         }
     )
     assert isinstance(s, VESchedule) and s.N == 2000 and s.sigma_max == 348.0
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("raw_pickle_p2", "for safety"),
+        ("raw_pickle_p4", "raw Python pickle"),
+        ("raw_pickle_p5", "raw Python pickle"),
+        ("raw_pickle_p5_plain", "raw Python pickle"),
+        ("empty", "corrupt or truncated"),
+        ("text", "corrupt"),
+    ],
+)
+def test_every_unloadable_checkpoint_is_one_line_with_no_warning(tmp_path, kind, message):
+    import pickle
+    import warnings
+
+    marker = tmp_path / "PWNED"
+    path = tmp_path / "ckpt.pt"
+    if kind.startswith("raw_pickle"):
+        payload = {"w": [1, 2]} if kind.endswith("plain") else {"w": _Payload(marker)}
+        with open(path, "wb") as f:
+            pickle.dump(payload, f, protocol=int(kind[len("raw_pickle_p")]))
+    elif kind == "empty":
+        path.write_bytes(b"")
+    else:
+        path.write_text("this is not a checkpoint\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(CheckpointError, match=message) as ei:
+            priors.load(path)
+    assert [str(w.message) for w in caught] == []  # nothing leaks to stderr beside the one line
+    assert "\n" not in str(ei.value) and not marker.exists()
+    if kind.startswith("raw_pickle"):
+        assert "accepted: torch.save state dicts" in str(ei.value)

@@ -26,6 +26,7 @@ import math
 import os
 import pickle
 import re
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -258,6 +259,13 @@ def _describe_mismatch(bad: dict) -> str:
 
 
 # ---------------------------------------------------------------------- ADM / OpenAI checkpoints
+def _is_raw_pickle(path: Path) -> bool:
+    """True for a bare ``pickle.dump`` file (PROTO opcode first), as opposed to torch.save's zip."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+    return len(head) == 2 and head[0] == 0x80 and head[1] >= 2
+
+
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
@@ -268,10 +276,22 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         except Exception as exc:
             raise CheckpointError(f"corrupt safetensors file {path}: {_one_line(exc)}") from None
+    accepted = (
+        "accepted: torch.save state dicts of tensors (.pt/.pth, read with weights_only=True) or .safetensors"
+    )
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        # torch warns (UserWarning) about raw pickles of protocol > 2 before failing on them; the
+        # one-line error below says what is wrong, so the warning must not leak to stderr.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         low = str(exc).lower()
+        if "unsupported operand" in low and _is_raw_pickle(path):
+            raise CheckpointError(
+                f"refused to load {path}: it is a raw Python pickle, not a torch.save file, and is never "
+                f"unpickled here (it could run arbitrary code); {accepted}"
+            ) from None
         garbage = any(
             s in low for s in ("unsupported operand", "invalid load key", "truncated", "ran out of input")
         )
@@ -280,7 +300,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             what = f" ({m.group(1)})" if m else ""
             raise CheckpointError(
                 f"refused to load {path} for safety: it is a pickle that needs arbitrary Python objects{what} "
-                "(torch.load weights_only=True rejected it); only plain tensor state dicts are accepted"
+                f"(torch.load weights_only=True rejected it); {accepted}"
             ) from None
         detail = str(exc).split("WeightsUnpickler error:")[-1].split("Check the documentation")[0]
         raise CheckpointError(
@@ -289,7 +309,9 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError) as exc:
         raise CheckpointError(f"corrupt or truncated checkpoint {path}: {_one_line(exc)}") from None
     except Exception as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {_one_line(exc)}") from None
+        raise CheckpointError(
+            f"corrupt or unreadable checkpoint {path} ({_one_line(exc)}); {accepted}"
+        ) from None
     if isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
         for key in ("state_dict", "model", "ema"):
             if isinstance(obj.get(key), dict):
