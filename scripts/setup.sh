@@ -8,3 +8,7 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
     "$PY" -m pip install --quiet torch==2.13.0
 fi
 "$PY" -m pip install --quiet -e ".[test]"
+# The reference LPIPS implementation, for tests/test_lpips.py. Not in the test extra: its declared
+# dependency on torchvision would pull a CUDA torch and a torchvision that does not import beside
+# this torch. It is pure Python; the tests give it a stand-in torchvision (and skip without it).
+"$PY" -m pip install --quiet --no-deps lpips==0.1.4

@@ -6,6 +6,8 @@
   ``skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5,
   use_sample_covariance=False, data_range=1, channel_axis=0)``, which the tests check against.
 * consistency = ||A x - y|| / ||y||, how well a restoration explains its measurement.
+* LPIPS v0.1 "alex" (Zhang et al. 2018): a learned perceptual distance, lower is closer; see
+  :mod:`diffinv.lpips` (weights ship with the package, loaded on first use).
 """
 
 from __future__ import annotations
@@ -63,3 +65,11 @@ def consistency(op, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Relative measurement residual ||A x - y|| / ||y|| per image."""
     r = (op.A(x) - y).flatten(1).norm(dim=1)
     return r / y.flatten(1).norm(dim=1).clamp_min(torch.finfo(y.dtype).tiny)
+
+
+def lpips(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """LPIPS v0.1 (AlexNet) perceptual distance per image; needs H, W >= 31 (see :mod:`diffinv.lpips`)."""
+    from .lpips import lpips as _lpips  # imported on first use; its 10 MB weights load on first call
+
+    _check_pair(x, ref)
+    return _lpips(x, ref)
