@@ -260,3 +260,141 @@ def vstack(images, gap: int = 8):
         out.paste(im, (0, y))
         y += im.height + gap
     return out
+
+
+# ---------------------------------------------------------------- evaluation loop (faces.py, ct_real.py)
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def rel_path(p) -> str:
+    """``p`` relative to the project root (``src/...``, ``../shared/...``) when it lies below the
+    root's parent, else as given."""
+    p = Path(p).resolve()
+    for base, prefix in ((ROOT, ""), (ROOT.parent, "../")):
+        if p.is_relative_to(base):
+            return prefix + p.relative_to(base).as_posix()
+    return str(p)
+
+
+def load_prior(name: str, shape: tuple[int, ...], option: str = "--prior"):
+    """``priors.load(name)``; a missing prior or one of the wrong image shape ends the program with a
+    one-line message naming ``option``."""
+    from diffinv import priors
+
+    try:
+        prior = priors.load(name)
+    except Exception as exc:  # unknown name, missing folder, unreadable weights
+        raise SystemExit(f"error: {option} {name}: {' '.join(str(exc).split())}") from None
+    if tuple(prior.image_shape) != tuple(shape):
+        raise SystemExit(f"error: {option} {name} has image shape {tuple(prior.image_shape)}, need {shape}")
+    return prior
+
+
+def solver_run(method: str, prior=None, steps: int | None = None, **params):
+    """A run ``(y, op, sigma, seed) -> (x_hat, seconds, nfe, steps or iters used)`` of a diffinv solver;
+    ``steps=None`` keeps the library's defaults (per operator family)."""
+
+    def run(y, op, sigma, seed):
+        import torch
+
+        from diffinv import pipeline
+
+        solver = pipeline.make_solver(method, prior, steps, **params)
+        x = solver(y, op, sigma_y=sigma, generator=torch.Generator().manual_seed(seed))
+        used = solver.params.get("steps", solver.params.get("iters"))
+        return x, solver.last_seconds, solver.last_nfe, used
+
+    return run
+
+
+def evaluate(runs: dict, x, y, op, sigma: float, seed: int, batch: int, lpips: bool, label: str = "") -> dict:
+    """Run every ``runs[name]`` (see :func:`solver_run`) on the images ``x`` / measurements ``y`` in
+    batches; returns ``{name: {"psnr", "ssim"[, "lpips"]: per-image lists, "sec": seconds/image,
+    "nfe": per call, "steps": used, "out": clamped outputs}}``."""
+    import torch
+
+    from diffinv import metrics as M
+
+    res = {}
+    for name, run in runs.items():
+        r = {"psnr": [], "ssim": [], **({"lpips": []} if lpips else {}), "sec": 0.0, "out": []}
+        for b, lo in enumerate(range(0, x.shape[0], batch)):
+            xb = x[lo : lo + batch]
+            x_hat, sec, r["nfe"], r["steps"] = run(y[lo : lo + batch], op, sigma, seed + b)
+            xc = x_hat.clamp(0, 1).to(xb.dtype)
+            r["psnr"] += M.psnr(xc, xb).tolist()
+            r["ssim"] += M.ssim(xc, xb).tolist()
+            if lpips:
+                with torch.no_grad():
+                    r["lpips"] += M.lpips(xc, xb).tolist()
+            r["sec"] += sec / x.shape[0]
+            r["out"].append(xc)
+        r["out"] = torch.cat(r["out"])
+        res[name] = r
+        extra = f"  LPIPS {mean_std(r['lpips'])[0]:.3f}" if lpips else ""
+        log(
+            f"[{now()[11:19]}] {label:<24} {name:<20} PSNR {mean_std(r['psnr'])[0]:6.2f}{extra}  {r['sec']:.2f} s/img"
+        )
+    return res
+
+
+def method_table(res: dict) -> list[str]:
+    """Markdown rows: method, steps, PSNR, SSIM (, LPIPS), s/image, NFE, each mean ± std over images."""
+    lpips = all("lpips" in r for r in res.values())
+    cols = ["method", "steps/iters", "PSNR (dB)", "SSIM"] + (["LPIPS"] if lpips else []) + ["s/image", "NFE"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for m, r in res.items():
+        cells = [
+            m,
+            "-" if r["steps"] is None else str(r["steps"]),
+            fmt(r["psnr"], ".2f"),
+            fmt(r["ssim"], ".3f"),
+        ]
+        cells += [fmt(r["lpips"], ".3f")] if lpips else []
+        lines.append("| " + " | ".join(cells + [f"{r['sec']:.3f}", str(r["nfe"])]) + " |")
+    return lines
+
+
+def summary_table(results: dict, key: str, spec: str, label) -> list[str]:
+    """Markdown rows: one per setting (``label(setting)``), one column per method, mean ``key``."""
+    methods = list(dict.fromkeys(m for res in results.values() for m in res))
+    lines = ["| setting | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    for setting, res in results.items():
+        cells = [f"{mean_std(res[m][key])[0]:{spec}}" if m in res else "–" for m in methods]
+        lines.append(f"| {label(setting)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def figure_row(x, res: dict, k: int, name: str, measurement=None, truth: str = "truth") -> list:
+    """One row of :func:`diffinv.viz.comparison_figure`: the ground truth (label ``truth``, caption
+    ``name``), an optional ``(label, image, caption)`` measurement, then every method's output for
+    image ``k`` with its PSNR."""
+    from diffinv import metrics as M
+
+    row = [(truth, x[k : k + 1], name)] + ([measurement] if measurement else [])
+    for m, r in res.items():
+        out = r["out"][k : k + 1]
+        row.append((m, out, f"{float(M.psnr(out, x[k : k + 1])):.2f} dB"))
+    return row
+
+
+def target_line(
+    label: str,
+    a: str,
+    va: float,
+    b: str,
+    vb: float,
+    need: float,
+    spec=".2f",
+    unit=" dB",
+    lower_is_better: bool = False,
+) -> str:
+    """``- label: a va vs b vb, margin ... (need ...): **met**/**missed**``; the margin is how much
+    better ``a`` is than ``b`` (a beat must be strict when ``need`` is 0)."""
+    margin = (vb - va) if lower_is_better else (va - vb)
+    ok = margin > need if need == 0 else margin >= need
+    return (
+        f"- {label}: {a} {va:{spec}} vs {b} {vb:{spec}}, margin {margin:+{spec}}{unit} "
+        f"(need {'>' if need == 0 else '>='} {need:+{spec}}): **{'met' if ok else 'missed'}**"
+    )

@@ -90,17 +90,18 @@ TARGET_FBP_DB = 8.0
 TARGET_TV_DB = 1.0
 FIGURE_VIEWS = 18
 
-#: method -> (solver, fixed hyperparameters). ``ddnm`` runs ``ddnm+`` when sigma_y > 0.
+#: method -> (solver, fixed hyperparameters). ``ddnm`` runs ``ddnm+`` when sigma_y > 0. Everything
+#: else not tuned here comes from the library's CT defaults (``Solver.task_defaults["ct"]``,
+#: ``ct_params``), e.g. the VE samplers' ancestral predictor: with tens of steps the papers'
+#: reverse-diffusion predictor leaves noise of about sigma_i behind at every step (3.8 dB here at 6
+#: steps, 4.8 dB at 20; see ct_sweep.md and tests/solvers/test_ve_predictors.py).
 METHODS: dict[str, tuple[str, dict]] = {
     "fbp": ("pinv", {"use_fbp": True}),
     "fista-tv": ("fista-tv", {}),
-    # The VE samplers run the ancestral predictor: with tens of steps the papers' reverse-diffusion
-    # predictor leaves noise of about sigma_i behind at every step (3.8 dB here at 6 steps, 4.8 dB
-    # at 20; see ct_sweep.md and tests/solvers/test_ve_predictors.py).
-    "score-proj": ("score-proj", {"predictor": "ancestral"}),
+    "score-proj": ("score-proj", {}),
     "ddnm": ("ddnm", {}),
     "mcg-vp": ("mcg", {"form": "vp"}),
-    "mcg-ve": ("mcg", {"form": "ve", "predictor": "ancestral"}),
+    "mcg-ve": ("mcg", {"form": "ve"}),
     "dps": ("dps", {}),
 }
 DIFFUSION = ("score-proj", "ddnm", "mcg-vp", "mcg-ve", "dps")
@@ -108,7 +109,9 @@ DIFFUSION = ("score-proj", "ddnm", "mcg-vp", "mcg-ve", "dps")
 GRIDS: dict[str, tuple[str, tuple[float, ...]]] = {
     "fista-tv": ("lam", (0.01, 0.02, 0.05, 0.1, 0.2)),
     "score-proj": ("lam", (0.5, 0.841, 1.0)),
-    "mcg-vp": ("grad_weight", (0.0, 0.3, 1.0)),
+    # MCG's step is alpha / max(||r||, ||A^T r||) since the divergence fix (was alpha / ||r||, ~30x
+    # longer on CT): the old grid 0 / 0.3 / 1 corresponds to about 0 / 9 / 30 now.
+    "mcg-vp": ("grad_weight", (0.0, 1.0, 3.0, 10.0)),
     "mcg-ve": ("grad_weight", (0.0, 0.05, 0.2)),
     "dps": ("zeta", (0.1, 0.3, 1.0)),
 }
@@ -118,11 +121,23 @@ QUICK_TUNED = ("fista-tv", "score-proj")
 # Defaults of the full run (see the module docstring for the duration).
 DEFAULT_N = 50
 DEFAULT_VAL_N = 10
-#: Steps per diffusion method of the full run (chosen on the validation split, ct_sweep.md).
-#: On the validation split PSNR still rises from 25 to 50 steps for ddnm (+0.9 / +0.9 dB at 8 / 18
-#: views) but not for mcg-vp (+0.3 / -0.0 dB) and mcg-ve (flat from 5 steps on); dps would need
-#: hundreds. The counts fit the run into about an hour on 2 CPU cores.
-DEFAULT_STEPS = {"score-proj": 25, "ddnm": 50, "mcg-vp": 25, "mcg-ve": 10, "dps": 25}
+
+
+def ct_params(method: str) -> dict:
+    """The hyperparameters the library uses for ``method`` on a CT operator when only ``METHODS``'
+    fixed ones are given (explicit > ``task_defaults["ct"]`` > generic defaults)."""
+    from diffinv import solvers
+
+    name, fixed = METHODS[method]
+    return solvers.get_class(name).resolve_params("ct", fixed)
+
+
+#: Steps per diffusion method of the full run: the library's CT defaults (chosen on the validation
+#: split, ct_sweep.md: score-proj 25, ddnm 50, mcg-vp 25, mcg-ve 10, dps 25). On the validation
+#: split PSNR still rises from 25 to 50 steps for ddnm (+0.9 / +0.9 dB at 8 / 18 views) but not for
+#: mcg-vp (+0.3 / -0.0 dB) and mcg-ve (flat from 5 steps on); dps would need hundreds. The counts
+#: fit the run into about an hour on 2 CPU cores.
+DEFAULT_STEPS = {m: int(ct_params(m)["steps"]) for m in DIFFUSION}
 DEFAULT_TV_ITERS = 100
 
 
@@ -247,7 +262,9 @@ def parse_args(argv=None):
     ap.add_argument(
         "--tune-views", default=None, help="view counts tuned on validation (default 8,18; quick 8)"
     )
-    ap.add_argument("--no-tune", action="store_true", help="use the solvers' default hyperparameters")
+    ap.add_argument(
+        "--no-tune", action="store_true", help="use the library's CT defaults (Solver.task_defaults)"
+    )
     ap.add_argument(
         "--methods", default=None, help="comma-separated subset of " + ",".join(METHODS) + " (default all)"
     )
@@ -342,14 +359,8 @@ def steps_label(steps: dict[str, int], methods) -> str:
 
 
 def _default(method: str, param: str) -> float:
-    """The solver's default value of ``param`` (MCG's ``grad_weight=None``: its form's default)."""
-    from diffinv import solvers
-    from diffinv.solvers import mcg
-
-    value = solvers.get_class(METHODS[method][0]).defaults[param]
-    if value is None:
-        return float(mcg._DEFAULT_GRAD_WEIGHT[METHODS[method][1]["form"]])
-    return float(value)
+    """The library's CT default of ``param`` for ``method`` (``ct_params``)."""
+    return float(ct_params(method)[param])
 
 
 def main(argv=None) -> int:

@@ -98,10 +98,10 @@ def _without_timing(rows: list[dict]) -> list[dict]:
 
 
 def _table_without_seconds(out: Path) -> list[str]:
-    # results.md columns: method | PSNR | SSIM | consistency | seconds/image | NFE
+    # results.md columns: method | PSNR | SSIM | LPIPS | consistency | seconds/image | NFE
     lines = (out / "results.md").read_text().splitlines()
     return [
-        ("|".join(c for i, c in enumerate(ln.split("|")) if i != 5) if ln.startswith("|") else ln)
+        ("|".join(c for i, c in enumerate(ln.split("|")) if i != 6) if ln.startswith("|") else ln)
         for ln in lines
     ]
 
@@ -260,7 +260,7 @@ def test_ct_on_phantoms_through_the_cli(workdir, capsys):
         ({"--model": "no-such-prior"}, "unknown prior"),
         ({"--crop": "64"}, "smaller than the 64x64 crop"),
         ({"--sigma-y": "-0.1"}, "sigma-y"),
-        ({"--n": "9"}, "holds only 4"),
+        ({"--limit": "9"}, "holds only 4"),
         ({"--data": None}, "missing required option"),
     ],
 )
@@ -310,15 +310,11 @@ def test_torchrun_two_processes_match_one(reference, workdir, tiny_prior, image_
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows, ref_rows = _without_timing(_rows(out)), _without_timing(_rows(ref_out))
-    assert [(r["image"], r["method"], r["nfe"]) for r in rows] == [
-        (r["image"], r["method"], r["nfe"]) for r in ref_rows
-    ]
-    for r, q in zip(rows, ref_rows):  # thread counts may differ: equal up to float rounding
-        for key in ("psnr", "ssim", "consistency"):
-            assert float(r[key]) == pytest.approx(float(q[key]), rel=1e-4, abs=1e-6)
+    # one torch thread in every process (the reference runs on the suite's one thread), so the
+    # results are equal to the last digit, as the README promises on the CPU
+    assert rows == ref_rows
     for m in METHODS:
         for png in (ref_out / "images" / m).iterdir():
-            a, b = load_image(out / "images" / m / png.name), load_image(png)
-            assert (a - b).abs().max() <= 1.5 / 255
+            assert (out / "images" / m / png.name).read_bytes() == png.read_bytes()
     assert (out / "figure.png").is_file() and (out / "psnr_bars.png").is_file()
     shutil.rmtree(out)

@@ -7,6 +7,7 @@ runs in well under a second or two on one CPU core.
 from __future__ import annotations
 
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -46,7 +47,7 @@ def _rel_residual(op, x, y) -> float:
 
 
 class Recorder:
-    """Wraps a solver and records (y, op, x) of every window it solves."""
+    """Wraps a solver and records (y, op, x) of every window it solves (not a Solver: sequential)."""
 
     def __init__(self, inner):
         self.inner = inner
@@ -59,6 +60,42 @@ class Recorder:
         x = self.inner(y, op, **kw)
         self.calls.append((y, op, x))
         return x
+
+
+class RecordingDDNM(solvers.get_class("ddnm")):
+    """DDNM that records (op, kwargs, x) of every window; copies (one per batched window) share the list."""
+
+    def __init__(self, prior, **params):
+        super().__init__(prior, **params)
+        self.calls = []
+
+    def __call__(self, y, op, **kw):
+        x = super().__call__(y, op, **kw)
+        self.calls.append((op, kw, x))  # list.append is atomic: safe from the windows' threads
+        return x
+
+
+def _capture_plans(monkeypatch) -> list:
+    """Record the window lists that solve_tiled plans."""
+    plans, plan = [], tiling.plan_tiles
+
+    def capture(*args, **kwargs):
+        plans.append(plan(*args, **kwargs))
+        return plans[-1]
+
+    monkeypatch.setattr(tiling, "plan_tiles", capture)
+    return plans
+
+
+def _check_mask_shift(x, windows, by_window) -> None:
+    """Each window kept its known pixels equal to the final (committed) values, and the result
+    holds each window's own values on the pixels it committed."""
+    for w in windows:
+        x_w = by_window[w.number]
+        r, c = w.slices
+        if w.known.any():  # the solver itself reproduced the earlier restoration (exact DDNM)
+            assert torch.allclose(x_w[..., w.known], x[:, :, r, c][..., w.known], atol=1e-10)
+        assert torch.equal(x[:, :, r, c][..., w.commit], x_w[..., w.commit])
 
 
 # ------------------------------------------------------------------------ window operators
@@ -181,22 +218,21 @@ def test_tiled_ddnm_is_consistent_on_the_whole_image(spec):
     assert solver.last_nfe == 4 * solver.last_windows
 
 
-def test_mask_shift_keeps_the_restored_overlap():
+@pytest.mark.parametrize("tile_batch", [1, 4])
+def test_mask_shift_keeps_the_restored_overlap(tile_batch, monkeypatch):
     op = from_spec("inpaint-random0.5", (3, 20, 16), seed=2)
     y = op.A(_image(op.in_shape))
-    rec = Recorder(solvers.get("ddnm", _prior(3), steps=4))
-    x = tiling.solve_tiled(rec, y, op, seed=0)
-    windows = tiling.plan_tiles(op, (3, P, P))
+    plans = _capture_plans(monkeypatch)
+    rec = RecordingDDNM(_prior(3), steps=4)
+    x = tiling.solve_tiled(rec, y, op, seed=0, tile_batch=tile_batch)
+    (windows,) = plans
     assert len(rec.calls) == len(windows)
-    first_value = torch.full_like(x, float("nan"))  # value given by the first window covering a pixel
-    for w, (_, _, x_w) in zip(windows, rec.calls):
-        r, c = w.slices
-        if w.known.any():
-            # the solver itself reproduced the earlier restoration on the overlap (exact DDNM)
-            assert torch.allclose(x_w[..., w.known], first_value[:, :, r, c][..., w.known], atol=1e-10)
-        region = first_value[:, :, r, c]
-        first_value[:, :, r, c] = torch.where(torch.isnan(region), x_w, region)
-    assert torch.equal(x, first_value)
+    by_op = {id(w.solve_op): w.number for w in windows}
+    by_window = {by_op[id(op_w)]: x_w for op_w, _, x_w in rec.calls}
+    assert sorted(by_window) == list(range(len(windows)))
+    assert all(not kw["progress"] for _, kw, _ in rec.calls)  # no per-window bars
+    _check_mask_shift(x, windows, by_window)
+    assert _rel_residual(op, x, y) <= 1e-8
 
 
 def test_mask_shift_holds_for_approximate_solvers_too():
@@ -204,12 +240,29 @@ def test_mask_shift_holds_for_approximate_solvers_too():
     y = op.A(_image(op.in_shape))
     rec = Recorder(solvers.get("dps", _prior(1), steps=3, zeta=0.1))
     x = tiling.solve_tiled(rec, y, op, seed=0)
-    first_value = torch.full_like(x, float("nan"))
-    for w, (_, _, x_w) in zip(tiling.plan_tiles(op, (1, P, P)), rec.calls):
+    windows = tiling.plan_tiles(op, (1, P, P))
+    for w, (_, _, x_w) in zip(windows, rec.calls):  # one window at a time, in raster order
         r, c = w.slices
-        region = first_value[:, :, r, c]
-        first_value[:, :, r, c] = torch.where(torch.isnan(region), x_w, region)
-    assert torch.equal(x, first_value)
+        assert torch.equal(x[:, :, r, c][..., w.commit], x_w[..., w.commit])
+
+
+def test_commit_margin():
+    op = from_spec("sr2", (1, 20, 28))
+    # default: half the overlap (2 of 4 pixels, aligned to the factor) on edges inside the image
+    w = tiling.plan_tiles(op, (1, P, P), overlap=4)[1]  # second window of the first row, left = 4
+    expect = torch.zeros(P, P, dtype=torch.bool)
+    expect[:6, :2] = True  # what the first window committed: up to 2 pixels from its inner edges
+    assert torch.equal(w.known, expect)
+    expect = torch.zeros(P, P, dtype=torch.bool)
+    expect[:6, 2:6] = True
+    assert torch.equal(w.commit, expect)
+    # margin 0: every window commits all its new pixels (the known part is the whole overlap)
+    w0 = tiling.plan_tiles(op, (1, P, P), overlap=4, commit_margin=0)[1]
+    assert w0.known[:, :4].all() and not w0.known[:, 4:].any()
+    with pytest.raises(ValueError, match=r"commit_margin must be a multiple of 2 in \[0, 2\]"):
+        tiling.plan_tiles(op, (1, P, P), overlap=4, commit_margin=4)
+    with pytest.raises(ValueError, match="commit_margin must be a multiple of 2"):
+        tiling.plan_tiles(op, (1, P, P), overlap=4, commit_margin=1)
 
 
 def test_tiled_restoration_is_deterministic():
@@ -243,6 +296,180 @@ def test_callback_sees_the_whole_image():
     assert [i for i, _ in seen] == list(range(len(seen)))
     assert len(seen) == 2 * solver.last_windows
     assert all(shape == (1, 1, 12, 12) for _, shape in seen)
+
+
+# ------------------------------------------------------------------------ batching and progress
+def test_schedule_respects_the_dependencies():
+    op = from_spec("denoise", (1, 28, 36))
+    windows = tiling.plan_tiles(op, (1, P, P))  # 5 x 6 windows, the last of each row/column shifted
+    batches = tiling.tile_schedule(windows, 3)
+    assert sorted(w.number for b in batches for w in b) == list(range(len(windows)))
+    assert all(1 <= len(b) <= 3 for b in batches)
+    position = {w.number: i for i, b in enumerate(batches) for w in b}
+    for w in windows:
+        for v in windows[: w.number]:  # an overlapping earlier window runs in an earlier batch
+            if v.overlaps(w):
+                assert position[v.number] < position[w.number]
+    for b in batches:  # windows of one batch are independent
+        assert not any(u.overlaps(v) for i, u in enumerate(b) for v in b[i + 1 :])
+    # one batch per wavefront level when batches are unbounded; far fewer than the windows
+    levels = {w.level for w in windows}
+    assert len(tiling.tile_schedule(windows, 100)) == len(levels) < len(windows)
+    assert [len(b) for b in tiling.tile_schedule(windows, 1)] == [1] * len(windows)
+    with pytest.raises(ValueError, match="tile_batch must be a positive integer"):
+        tiling.tile_schedule(windows, 0)
+
+
+@pytest.mark.parametrize("spec", ["sr2", "colorize"])
+def test_batched_windows_match_one_at_a_time(spec):
+    shape = EXACT[spec]
+    op = from_spec(spec, shape, seed=1)
+    y = op.A(_image(shape, batch=2))
+    prior = _prior(shape[0])
+    sizes = []
+    inner = prior._x0
+
+    def counting_x0(x, t):  # the network calls actually made, by batch size
+        sizes.append(x.shape[0])
+        return inner(x, t)
+
+    prior._x0 = counting_x0
+    runs = {}
+    for tile_batch in (1, 4):
+        sizes.clear()
+        solver = solvers.get("ddnm", prior, steps=3)
+        runs[tile_batch] = (tiling.solve_tiled(solver, y, op, seed=3, tile_batch=tile_batch), list(sizes))
+        n = len(tiling.plan_tiles(op, (shape[0], P, P)))
+        assert solver.last_nfe == 3 * n  # counted per window either way
+    (x1, sizes1), (x4, sizes4) = runs[1], runs[4]
+    assert set(sizes1) == {2}  # one window (its 2 samples) per call
+    assert max(sizes4) > 2 and len(sizes4) < len(sizes1) and sum(sizes4) == sum(sizes1)
+    assert torch.allclose(x1, x4, atol=1e-10)  # same plan, same draws: round-off only
+    assert _rel_residual(op, x4, y) <= 1e-8
+
+
+def test_a_failing_window_raises_in_the_caller():
+    op = from_spec("denoise", (1, 12, 12))
+    prior = _prior(1)
+    calls = []
+    inner = prior._x0
+
+    def failing_x0(x, t):
+        calls.append(x.shape[0])
+        if len(calls) == 3:
+            raise RuntimeError("network exploded")
+        return inner(x, t)
+
+    prior._x0 = failing_x0
+    with pytest.raises(RuntimeError, match="network exploded"):
+        tiling.solve_tiled(solvers.get("ddnm", prior, steps=4), op.A(_image(op.in_shape)), op, tile_batch=8)
+
+
+class FakeBar:
+    """Stands in for tqdm and records what the tiled solve does with its bars."""
+
+    made: list = []
+
+    def __init__(self, iterable=None, total=None, desc=None, **kwargs):
+        self.iterable, self.total, self.n, self.events = iterable, total, 0, [("desc", desc)]
+        FakeBar.made.append(self)
+
+    def __iter__(self):
+        return iter(self.iterable)
+
+    def update(self, k=1):
+        self.n += k
+        self.events.append(("update", k))
+
+    def set_description(self, desc):
+        self.events.append(("desc", desc))
+
+    def refresh(self):
+        self.events.append(("n", self.n, self.total))
+
+    def close(self):
+        self.events.append(("close",))
+
+
+@pytest.mark.parametrize("tile_batch", [1, 8])
+def test_one_progress_bar_over_all_windows(tile_batch, monkeypatch):
+    import tqdm.auto
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", FakeBar)
+    FakeBar.made = []
+    op = from_spec("sr2", (1, 20, 20))
+    steps = 3
+    solver = solvers.get("ddnm", _prior(1), steps=steps)
+    tiling.solve_tiled(solver, op.A(_image(op.in_shape)), op, progress=True, tile_batch=tile_batch)
+    N = solver.last_windows
+    (bar,) = FakeBar.made  # the solvers' own per-window bars are off
+    assert bar.total == N * steps and bar.n == N * steps
+    assert sum(e[1] for e in bar.events if e[0] == "update") == N * steps  # every step of every window
+    assert bar.events[-1] == ("close",)
+    # after each batch the count is exactly (windows done) x steps, increasing to the total
+    done = [e[1] for e in bar.events if e[0] == "n"]
+    assert done == sorted(done) and done[-1] == N * steps and all(d % steps == 0 for d in done)
+    batches = tiling.tile_schedule(tiling.plan_tiles(op, (1, P, P)), tile_batch)
+    assert len(done) == len(batches)
+    # each batch names the windows it runs: consecutive ranges k-l of N covering 1..N in order
+    ranges = [[int(v) for v in re.findall(r"\d+", e[1])] for e in bar.events[1:] if e[0] == "desc"]
+    assert [r[-1] for r in ranges] == [N] * len(batches)
+    firsts = [r[0] for r in ranges]
+    lasts = [r[1] if len(r) == 3 else r[0] for r in ranges]
+    assert firsts == [1] + [b + 1 for b in lasts[:-1]] and lasts[-1] == N
+    assert [b - a + 1 for a, b in zip(firsts, lasts)] == [len(b) for b in batches]
+
+
+def test_callback_counts_every_step_of_batched_windows():
+    op = from_spec("denoise", (1, 20, 20))
+    y = op.A(_image(op.in_shape))
+    seen = []
+    solver = solvers.get("ddnm", _prior(1), steps=2)
+    tiling.solve_tiled(solver, y, op, tile_batch=8, callback=lambda i, x_t, img: seen.append((i, img.shape)))
+    assert [i for i, _ in seen] == list(range(2 * solver.last_windows))
+    assert all(shape == (1, 1, 20, 20) for _, shape in seen)
+
+
+# ------------------------------------------------------------------------ seams
+def _smooth_field(batch: int, size: int, seed: int = 0) -> torch.Tensor:
+    """A stationary random image: white noise blurred by a Gaussian (circular, so no edges)."""
+    noise = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed), dtype=F64)
+    return Blur((3, size, size), gaussian_kernel(1.5)).A(noise)
+
+
+def test_seam_ratio_finds_a_planted_seam():
+    x = _smooth_field(4, 64)
+    i = torch.arange(64)
+    owner = (i[:, None] // 16) * 4 + i[None, :] // 16  # 4 x 4 regions of 16 x 16 pixels
+    clean = tiling.seam_ratio(x, owner)
+    assert clean.shape == (4,)
+    assert float((clean - 1).abs().max()) < 0.15  # a stationary image has no seams
+    # each region shifted by its own offset (std half the image's): steps at every border
+    offsets = torch.randn(4, 3, 4, 4, generator=torch.Generator().manual_seed(9), dtype=F64)
+    seamed = x + 0.5 * x.std() * offsets.repeat_interleave(16, -1).repeat_interleave(16, -2)
+    ratio = tiling.seam_ratio(seamed, owner)
+    assert float(ratio.min()) > 1.5
+
+
+def test_seam_ratio_aligned_reference_ignores_block_lines():
+    # 4x4 blocks visible everywhere (as sr4 leaves them): not a seam once the reference is aligned
+    blocks = _smooth_field(2, 16, seed=1).repeat_interleave(4, -1).repeat_interleave(4, -2)
+    x = blocks + 0.02 * _smooth_field(2, 64, seed=2)
+    owner = torch.zeros(64, 64, dtype=torch.int64)
+    owner[:, 32:] = 1
+    assert float(tiling.seam_ratio(x, owner).min()) > 2.0
+    assert float((tiling.seam_ratio(x, owner, align=4) - 1).abs().max()) < 0.35
+    with pytest.raises(ValueError, match="single label"):
+        tiling.seam_ratio(x, torch.zeros(64, 64, dtype=torch.int64))
+
+
+def test_commit_owner_matches_the_commits():
+    op = from_spec("sr2", (1, 20, 28))
+    windows = tiling.plan_tiles(op, (1, P, P), overlap=4)
+    owner = tiling.commit_owner(windows, 20, 28)
+    for w in windows:
+        r, c = w.slices
+        assert torch.equal(owner[r, c] == w.number, w.commit)
 
 
 # ------------------------------------------------------------------------ approximate families
@@ -305,5 +532,7 @@ def test_pipeline_tiles_automatically():
     assert r.nfe == 3 * len(tiling.plan_tiles(r.op, (3, P, P)))
     r2 = pipeline.restore_measured(r.y, r.op, "ddnm", prior, seed=0, steps=3, tile_overlap=4)
     assert r2.x_hat.shape == x.shape
+    r3 = pipeline.restore_measured(r.y, r.op, "ddnm", prior, seed=0, steps=3, tile_overlap=4, tile_batch=1)
+    assert torch.allclose(r3.x_hat, r2.x_hat, atol=1e-10)
     base = pipeline.restore_measured(r.y, r.op, "pinv", prior)  # no prior used: whole image at once
     assert base.x_hat.shape == x.shape

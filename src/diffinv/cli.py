@@ -5,15 +5,19 @@ parser block in :func:`build_parser`. Every error a user can cause is printed as
 ``diffinv <command>: error: ...`` with exit code 2, and a failed run leaves no output files behind.
 Commands that write results also write ``OUT/config.json``; ``--config FILE`` repeats such a run,
 with explicit flags overriding the file's values (see :mod:`diffinv.config`).
+
+Start-up time: this module imports no torch (nor numpy, diffusers, ...) at module level, and each
+command checks its output folder and inputs (:mod:`diffinv.preflight`) before it imports them,
+so ``--help``, ``tasks``, ``methods`` (from :mod:`diffinv.catalog`) and most errors answer in a
+fraction of a second; importing torch alone takes 2-3 s. ``tests/test_startup.py`` keeps it so.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
-
-import torch
 
 
 class CLIError(Exception):
@@ -39,17 +43,32 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+def _check_threads(threads: int | None) -> None:
+    if threads is not None and threads < 1:
+        raise CLIError(f"--threads must be >= 1, got {threads}")
+
+
 def _set_threads(threads: int | None) -> int:
     """Apply ``--threads`` (when given) and return the previous setting, to be restored."""
+    import torch
+
+    _check_threads(threads)
     previous = torch.get_num_threads()
     if threads is not None:
-        if threads < 1:
-            raise CLIError(f"--threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
     return previous
 
 
-def _check_device(name: str) -> torch.device:
+def _restore_threads(previous: int) -> None:
+    import torch
+
+    torch.set_num_threads(previous)
+
+
+def _check_device(name: str):
+    """``torch.device(name)``, refused (one line) when unknown or not available here."""
+    import torch
+
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError) as e:
@@ -62,11 +81,15 @@ def _check_device(name: str) -> torch.device:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .preflight import check_output_dir
 
+    check_output_dir(args.out)  # before the priors are loaded and the minutes of restorations
     if args.steps is not None and args.steps < 1:
         raise CLIError(f"--steps must be >= 1, got {args.steps}")
+    _check_threads(args.threads)
     _check_device(args.device)
+    from .demo import run_demo
+
     previous = _set_threads(args.threads)
     try:
         run_demo(
@@ -79,18 +102,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             threads=args.threads,
         )
     finally:
-        torch.set_num_threads(previous)
+        _restore_threads(previous)
     return 0
 
 
 def _init_from(value: str | None) -> str:
     """``--init-from``: a diffusers folder, else the name of a shipped prior ("" when not given)."""
-    from .priors.loading import ASSETS_DIR, shipped_priors
-
     if not value:
         return ""
     if Path(value).exists():
         return value
+    from .priors.loading import ASSETS_DIR, shipped_priors  # (imports torch: only when needed)
+
     if value in shipped_priors():
         return str(ASSETS_DIR / value)
     raise CLIError(
@@ -99,6 +122,15 @@ def _init_from(value: str | None) -> str:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from .preflight import check_output_dir
+
+    check_output_dir(args.out)
+    if args.data != "ellipses" and not Path(args.data).is_dir():
+        raise CLIError(f"--data must be an image folder or 'ellipses'; {args.data!r} is not a folder")
+    for name in ("steps", "batch"):
+        if getattr(args, name) < 1:
+            raise CLIError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    init_from = _init_from(args.init_from)
     from .train import TrainConfig, train
 
     cfg = TrainConfig(
@@ -112,7 +144,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         quiet=args.quiet,
-        init_from=_init_from(args.init_from),
+        init_from=init_from,
     )
     summary = train(cfg, resume=args.resume)
     print(
@@ -122,34 +154,65 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_eval_data(data: str) -> None:
+    """``--data``: ``ellipses:N`` (its form is checked by evaluate), else an existing folder."""
+    if data == "ellipses" or data.startswith("ellipses:"):
+        return
+    p = Path(data)
+    if not p.exists():
+        raise CLIError(f"data folder not found: {p}")
+    if not p.is_dir():
+        raise CLIError(f"data must be an image folder or ellipses:N; {p} is not a folder")
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     import os
 
-    from .evaluate import evaluate
+    from .catalog import check_method
+    from .preflight import check_output_dir
 
     # not required=True in the parser: a --config file may supply them
     missing = [f"--{k}" for k in ("data", "task", "methods", "out") if getattr(args, k) is None]
     if missing:
         raise CLIError(f"missing required option(s): {', '.join(missing)}")
+    # everything that needs no torch first: these fail in milliseconds, not after the prior loads
+    check_output_dir(args.out)
     if args.n is not None and args.n < 1:
-        raise CLIError(f"--n must be >= 1, got {args.n}")
-    if args.sigma_y < 0:
+        raise CLIError(f"--limit must be >= 1, got {args.n}")
+    if not math.isfinite(args.sigma_y) or args.sigma_y < 0:
         raise CLIError(f"--sigma-y must be >= 0, got {args.sigma_y}")
-    summary = evaluate(
-        args.data,
-        args.task,
-        args.methods,
-        args.out,
-        n=args.n,
-        crop=args.crop,
-        sigma_y=args.sigma_y,
-        steps=args.steps,
-        model=args.model,
-        seed=args.seed,
-        device=args.device,
-        overwrite=args.overwrite,
-        quiet=args.quiet,
-    )
+    if args.steps is not None and args.steps < 1:
+        raise CLIError(f"--steps must be >= 1, got {args.steps}")
+    _check_threads(args.threads)
+    _check_eval_data(str(args.data))
+    methods = args.methods if isinstance(args.methods, list) else str(args.methods).split(",")
+    for method in methods:  # (a hand-written --config file may hold a list)
+        if str(method).strip():
+            check_method(str(method).strip())
+    from .evaluate import evaluate
+
+    # One torch thread per process unless --threads: the thread count changes the rounding of
+    # sums, and torchrun starts its processes with one thread (OMP_NUM_THREADS=1), so a fixed
+    # count makes the results independent of the number of processes.
+    previous = _set_threads(args.threads)
+    try:
+        summary = evaluate(
+            args.data,
+            args.task,
+            args.methods,
+            args.out,
+            n=args.n,
+            crop=args.crop,
+            sigma_y=args.sigma_y,
+            steps=args.steps,
+            model=args.model,
+            seed=args.seed,
+            device=args.device,
+            overwrite=args.overwrite,
+            quiet=args.quiet,
+        )
+    finally:
+        _restore_threads(previous)
     if not args.quiet and int(os.environ.get("RANK", "0")) == 0:
         print((Path(args.out) / "results.md").read_text(encoding="utf-8"), end="")
         print(f"{len(summary)} method(s); per-image metrics, images and figures in {args.out}")
@@ -158,8 +221,21 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------- restore
 def _cmd_restore(args: argparse.Namespace) -> int:
-    from .restore import restore_files
+    from .restore import check_arguments, restore_files  # (torch-free until restore_files runs)
 
+    # the checks that need no torch: a bad --out or a missing file fails in milliseconds
+    check_arguments(
+        args.inputs,
+        args.task,
+        args.method,
+        steps=args.steps,
+        sigma_y=args.sigma_y,
+        seed=args.seed,
+        out=args.out,
+        mask=args.mask,
+        params=args.param,
+    )
+    _check_threads(args.threads)
     previous = _set_threads(args.threads)
     try:
         restore_files(
@@ -178,16 +254,29 @@ def _cmd_restore(args: argparse.Namespace) -> int:
             progress=not args.quiet,
             on_record=None if args.quiet else _print_record,
             extra_config={"threads": args.threads, "quiet": args.quiet},
+            warn=_warn_restore,
+            window=args.window,
+            hu_offset=args.hu_offset,
+            slice_index=args.slice,
+            resize=args.resize,
         )
     finally:
-        torch.set_num_threads(previous)
+        _restore_threads(previous)
     return 0
+
+
+def _warn_restore(message: str) -> None:
+    """Legal but suspicious input: one line on stderr, the run goes on."""
+    print(f"diffinv restore: warning: {' '.join(message.split())}", file=sys.stderr, flush=True)
 
 
 def _print_record(rec: dict) -> None:
     m = {k: float(v) for k, v in rec["metrics"].items()}  # non-finite values are stored as strings
     scores = (
-        f"PSNR {m['psnr']:.2f} dB" + (f", SSIM {m['ssim']:.3f}" if "ssim" in m else "") + ", "
+        f"PSNR {m['psnr']:.2f} dB"
+        + (f", SSIM {m['ssim']:.3f}" if "ssim" in m else "")
+        + (f", LPIPS {m['lpips']:.3f}" if "lpips" in m else "")
+        + ", "
         if "psnr" in m
         else ""
     )
@@ -235,9 +324,9 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_tasks(args: argparse.Namespace) -> int:
-    from .operators import available_specs
+    from .catalog import SPECS  # torch-free copy of operators.available_specs()
 
-    specs = available_specs()
+    specs = SPECS
     width = max(len(form) for form, _ in specs)
     print("degradation specs (--task SPEC):")
     for form, description in specs:
@@ -246,15 +335,13 @@ def _cmd_tasks(args: argparse.Namespace) -> int:
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
-    from . import solvers
+    from .catalog import METHODS  # torch-free copy of the solver registry
 
-    methods = solvers.available()
-    width = max(len(name) for name in methods)
+    width = max(len(m.name) for m in METHODS)
     print("methods (--method NAME); [classical] = no prior, [svd] = needs an operator with an SVD:")
-    for name, description in methods.items():
-        cls = solvers.get_class(name)
-        tags = ("" if cls.needs_prior else "[classical] ") + ("[svd] " if cls.requires_svd else "")
-        print(f"  {name:<{width}}  {tags}{description}")
+    for m in METHODS:
+        tags = ("" if m.needs_prior else "[classical] ") + ("[svd] " if m.requires_svd else "")
+        print(f"  {m.name:<{width}}  {tags}{m.description}")
     return 0
 
 
@@ -307,6 +394,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rs.add_argument("--mask", metavar="FILE", help="inpainting mask image, white = keep (task inpaint-mask)")
     rs.add_argument(
+        "--window",
+        metavar="PRESET|C,W",
+        help="CT window mapping HU to [0, 1]: lung, soft-tissue, bone, brain, or CENTER,WIDTH in HU "
+        "(needed for DICOM and --hu-offset inputs; adds a .npy output in HU)",
+    )
+    rs.add_argument(
+        "--hu-offset",
+        type=float,
+        default=None,
+        help="16-bit PNG/TIFF/.npy inputs store HU + this (e.g. 1024)",
+    )
+    rs.add_argument(
+        "--slice", type=int, default=None, metavar="K", help="slice K of a NIfTI volume (last axis)"
+    )
+    rs.add_argument(
+        "--resize",
+        nargs="?",
+        const=True,
+        default=None,
+        type=int,
+        metavar="N",
+        help="resize inputs to the prior's size (or N x N) before restoring; stated in the record",
+    )
+    rs.add_argument(
         "--param",
         action="append",
         metavar="KEY=VALUE",
@@ -350,7 +461,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", help="image folder (png/jpg/tif), or ellipses:N for N phantoms")
     ev.add_argument("--task", help="degradation spec, e.g. sr4, inpaint-box, ct30")
     ev.add_argument("--methods", help="comma-separated methods, e.g. pinv,ddnm,dps")
-    ev.add_argument("--n", type=int, default=None, help="use the first N images [all]")
+    ev.add_argument(
+        "--limit", dest="n", type=int, default=None, metavar="N", help="use the first N images [all]"
+    )
+    # the option's old name, hidden: under torchrun it fails (torchrun's own parser reads --n as an
+    # ambiguous prefix of --nproc-per-node, --nnodes, --node-rank, ...), elsewhere it still works
+    ev.add_argument("--n", dest="n", type=int, default=None, help=argparse.SUPPRESS)
     ev.add_argument("--crop", type=int, default=None, help="square crop size [the prior's, else 64]")
     ev.add_argument("--sigma-y", type=float, default=0.0, help="measurement noise std [0]")
     ev.add_argument("--steps", type=int, default=None, help="solver steps [each method's default]")
@@ -359,6 +475,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default=None, help="torch device [cuda:LOCAL_RANK if present, else cpu]")
     ev.add_argument("--out", help="output folder; rerunning the same command resumes")
     ev.add_argument("--overwrite", action="store_true", help="discard earlier results in OUT")
+    ev.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads per process [1: then results do not depend on the number of torchrun processes]",
+    )
     ev.add_argument("--quiet", action="store_true")
     add_config_argument(ev)  # --config OUT/config.json repeats (resumes) an earlier eval
     ev.set_defaults(func=_cmd_eval)

@@ -29,7 +29,6 @@ import os
 from pathlib import Path
 
 from . import __version__
-from .data.io import _atomic_write
 
 #: Namespace entries that describe how a run was invoked rather than what it does.
 _NOT_SAVED = ("func", "config", "command")
@@ -119,6 +118,8 @@ def config_dict(command: str, args: argparse.Namespace | dict) -> dict:
 
 def write_json_atomic(data, path: str | os.PathLike) -> Path:
     """Write ``data`` as indented JSON at ``path`` via a temporary file and a rename."""
+    from .data.io import _atomic_write  # here, not at the top: data.io imports torch (slow CLI start)
+
     text = json.dumps(data, indent=2, allow_nan=False) + "\n"
     return _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 

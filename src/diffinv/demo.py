@@ -123,6 +123,9 @@ def run_demo(
     in ``config.json`` (``diffinv demo --threads`` applies it). Returns one record per
     (task, method): ``task, method, solver, psnr, ssim, consistency, nfe, seconds, steps``.
     """
+    from .preflight import check_output_dir
+
+    check_output_dir(out, "out")  # before minutes of restorations: they are written only at the end
     if steps is not None and (int(steps) != steps or steps < 1):
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     dev = torch.device(device)

@@ -9,7 +9,7 @@ ellipse phantoms) with one task, restores it with each method through
     images/<method>/<item>.png       restorations (clamped to [0, 1])
     images/measurement/<item>.png    what the methods saw (sinograms min-max scaled, vectors as A^T y)
     images/ground_truth/<item>.png   the crop that was degraded
-    metrics.csv                      image, method, psnr, ssim, consistency, seconds, nfe
+    metrics.csv                      image, method, psnr, ssim, lpips, consistency, seconds, nfe
     results.md                       mean ± std per method (population std over images)
     figure.png                       a few images x [measurement, methods..., ground truth]
     psnr_bars.png                    mean PSNR per method with std whiskers
@@ -19,7 +19,10 @@ ellipse phantoms) with one task, restores it with each method through
 Reproducibility: image ``i`` is cropped at a position drawn from a generator seeded by
 ``(seed, i)``, and its operator, measurement noise and solver randomness are seeded by the same
 per-item seed, so every method sees the same ``y`` and an item's result does not depend on which
-process computed it, in which order, or how many processes there were.
+process computed it, in which order, or how many processes there were -- given the same number of
+torch threads per process: the thread count changes how sums are split and so their rounding
+(the 6th digit of a PSNR). ``diffinv eval`` runs every process on one thread unless ``--threads``
+is given; ``torchrun`` itself starts its processes with ``OMP_NUM_THREADS=1``.
 
 Resuming: every file is written to a temporary name and renamed into place, and an item's record
 is written last, so an interrupted run loses only the items in flight; rerunning the same command
@@ -63,12 +66,12 @@ from .priors.base import Prior
 HELD_OUT_SEED_OFFSET = 7_000_000_000_000
 MEASUREMENT_DIR = "measurement"
 GROUND_TRUTH_DIR = "ground_truth"
-CSV_COLUMNS = ("image", "method", "psnr", "ssim", "consistency", "seconds", "nfe")
+CSV_COLUMNS = ("image", "method", "psnr", "ssim", "lpips", "consistency", "seconds", "nfe")
 TIMING_COLUMNS = ("seconds",)
 RESULT_FILES = ("metrics.csv", "results.md", "figure.png", "psnr_bars.png")
 FIGURE_ROWS = 4
 DEFAULT_CROP = 64
-_STATS = ("psnr", "ssim", "consistency", "seconds", "nfe")
+_STATS = ("psnr", "ssim", "lpips", "consistency", "seconds", "nfe")
 
 
 @dataclass
@@ -126,6 +129,14 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     return files
 
 
+def _first_files(data: str, n: int | None) -> list[Path]:
+    """The first ``n`` image files of the folder ``data`` (all when ``n`` is None)."""
+    files = list_images(data)
+    if n is not None and n > len(files):
+        raise ValueError(f"asked for the first {n} images but {data} holds only {len(files)}")
+    return files[: len(files) if n is None else n]
+
+
 def _safe_stem(stem: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._") or "image"
 
@@ -150,17 +161,14 @@ def load_items(data: str, n: int | None, crop: int, channels: int, seed: int) ->
         if channels != 1:
             raise ValueError(f"ellipse phantoms are grayscale, but the model expects {channels} channels")
         if n is not None and n > count:
-            raise ValueError(f"asked for n={n} images but {data} has only {count}")
+            raise ValueError(f"asked for the first {n} images but {data} has only {count}")
         items = []
         for i in range(count if n is None else n):
             g = _generator(HELD_OUT_SEED_OFFSET + item_seed(seed, i))
             x = random_phantoms(1, size=crop, generator=g)
             items.append(_Item(i, f"{i:04d}_ellipse", f"ellipses:{count}", x))
         return items
-    files = list_images(data)
-    if n is not None and n > len(files):
-        raise ValueError(f"asked for n={n} images but {data} holds only {len(files)}")
-    files = files[: len(files) if n is None else n]
+    files = _first_files(data, n)
     items = []
     for i, f in enumerate(files):
         x = load_image(f, channels=channels)
@@ -260,6 +268,8 @@ def _plan(
     _check_number("sigma_y", sigma_y, 0, False)
     if isinstance(seed, bool) or int(seed) != seed:
         raise ValueError(f"seed must be an integer, got {seed!r}")
+    if _parse_ellipses(data, n) is None:
+        _first_files(data, n)  # a missing or short data folder fails now, not after the prior loads
     needs_prior = any(solvers.get_class(m).needs_prior for m in methods)
     if needs_prior and model is None:
         model = default_model(task, data)
@@ -473,6 +483,8 @@ def _run_items(
                 if not meas_png.is_file():
                     save_image(measurement_view(r.y, r.op, x), meas_png)
                 save_image(r.x_hat.clamp(0, 1), png)
+                from .config import _jsonable
+
                 record = {
                     "image": item.name,
                     "index": item.index,
@@ -480,9 +492,11 @@ def _run_items(
                     "method": method,
                     "psnr": r.metrics.get("psnr"),
                     "ssim": r.metrics.get("ssim"),
+                    "lpips": r.metrics.get("lpips"),  # None below 31x31 (AlexNet's smallest input)
                     "consistency": r.metrics.get("consistency"),
                     "seconds": float(r.seconds),
                     "nfe": int(r.nfe),
+                    "solver_params": _jsonable(r.params),  # the values used (incl. the task's defaults)
                 }
                 _write_json(rec_path, record)  # last: its presence means the item is finished
                 computed += 1
@@ -510,7 +524,7 @@ def _gather_records(out: Path, plan: _Plan) -> list[dict]:
 
 
 def summarize(records: list[dict], methods: Sequence[str]) -> dict[str, dict]:
-    """Per method: ``n`` and ``<metric>_mean`` / ``<metric>_std`` (population std) of psnr, ssim,
+    """Per method: ``n`` and ``<metric>_mean`` / ``<metric>_std`` (population std) of psnr, ssim, lpips,
     consistency, seconds and nfe over the images (None where a metric is unavailable)."""
     summary = {}
     for method in methods:
@@ -536,7 +550,14 @@ def _fmt(value, spec: str) -> str:
     return format(value, spec)
 
 
-_CSV_FORMATS = {"psnr": ".6f", "ssim": ".6f", "consistency": ".6e", "seconds": ".4f", "nfe": "d"}
+_CSV_FORMATS = {
+    "psnr": ".6f",
+    "ssim": ".6f",
+    "lpips": ".6f",
+    "consistency": ".6e",
+    "seconds": ".4f",
+    "nfe": "d",
+}
 
 
 def metrics_csv(records: list[dict]) -> str:
@@ -570,14 +591,16 @@ def results_markdown(summary: dict[str, dict], config: dict) -> str:
         f"{config['n']} images from {src}, {config['crop']}x{config['crop']} crops, "
         f"sigma_y = {config['sigma_y']:g}, model {Path(config['model']).name if config['model'] else '(none)'}, "
         f"steps {config['steps'] if config['steps'] is not None else 'default'}, seed {config['seed']}. "
-        "Mean ± std over images; consistency = ||A x - y|| / ||y||.",
+        "Mean ± std over images; LPIPS v0.1 (AlexNet), lower is closer, n/a below 31x31; "
+        "consistency = ||A x - y|| / ||y||.",
         "",
-        "| method | PSNR (dB) | SSIM | consistency | seconds/image | NFE |",
-        "|---|---|---|---|---|---|",
+        "| method | PSNR (dB) | SSIM | LPIPS | consistency | seconds/image | NFE |",
+        "|---|---|---|---|---|---|---|",
     ]
     for method, s in summary.items():
         lines.append(
             f"| {method} | {_pm(s['psnr_mean'], s['psnr_std'], '.2f')} | {_pm(s['ssim_mean'], s['ssim_std'], '.3f')} "
+            f"| {_pm(s['lpips_mean'], s['lpips_std'], '.3f')} "
             f"| {_pm(s['consistency_mean'], s['consistency_std'], '.1e')} "
             f"| {_pm(s['seconds_mean'], s['seconds_std'], '.2f')} | {_fmt(s['nfe_mean'], 'g') or 'n/a'} |"
         )
@@ -706,6 +729,9 @@ def evaluate(
 
     Bad input raises a one-line ``ValueError`` before anything is written.
     """
+    from .preflight import check_output_dir
+
+    check_output_dir(out, "out")  # an unusable output folder fails before the prior loads
     rank, world, local_rank, owns_group = _init_distributed()
     try:
         dev = _resolve_device(device, local_rank)
@@ -714,14 +740,15 @@ def evaluate(
         )
         out_dir = Path(out)
         cli_args = {  # as `diffinv eval` names them, so that `--config OUT/config.json` repeats the run
-            "data": str(data),
+            # (local paths absolute: the file then replays from any working directory)
+            "data": str(data) if _is_phantoms(str(data)) else os.path.abspath(data),
             "task": plan.config["task"],
             "methods": ",".join(plan.methods),
             "n": n,
             "crop": crop,
             "sigma_y": float(sigma_y),
             "steps": steps,
-            "model": model,
+            "model": os.path.abspath(model) if model is not None and os.path.exists(model) else model,
             "seed": int(seed),
             "device": None if device is None else str(device),
             "out": str(out),

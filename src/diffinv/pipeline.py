@@ -35,6 +35,8 @@ class Restoration:
     seconds: float
     x_true: torch.Tensor | None = None
     metrics: dict = field(default_factory=dict)
+    #: the solver hyperparameters the run used (explicit > operator-family defaults > generic)
+    params: dict = field(default_factory=dict)
 
 
 def make_solver(method: str, prior: Prior | None, steps: int | None = None, **params) -> solvers.Solver:
@@ -49,13 +51,20 @@ def make_solver(method: str, prior: Prior | None, steps: int | None = None, **pa
 
 
 def score(x_hat: torch.Tensor, x_true: torch.Tensor | None, op: LinearOperator, y: torch.Tensor) -> dict:
-    """PSNR and SSIM against the ground truth (clamped to [0, 1]) and measurement consistency."""
+    """PSNR, SSIM and LPIPS against the ground truth (clamped to [0, 1]) and measurement consistency.
+
+    SSIM needs images of at least 11x11 and LPIPS (AlexNet) at least 31x31 with 1 or 3 channels;
+    a metric an image is too small for is left out of the dict.
+    """
     out = {"consistency": float(M.consistency(op, x_hat.to(y.dtype), y).mean())}
     if x_true is not None:
         xc = x_hat.clamp(0, 1).to(x_true.dtype)
         out["psnr"] = float(M.psnr(xc, x_true).mean())
         if min(x_true.shape[-2:]) >= 11:
             out["ssim"] = float(M.ssim(xc, x_true).mean())
+        if min(x_true.shape[-2:]) >= 31 and x_true.shape[1] in (1, 3):
+            with torch.no_grad():  # a score, not a loss: no graph through the 2.5M-weight network
+                out["lpips"] = float(M.lpips(xc, x_true).mean())
     return out
 
 
@@ -70,18 +79,28 @@ def solve(
     progress: bool = False,
     callback=None,
     tile_overlap: int | None = None,
+    tile_batch: int | None = None,
     **params,
 ) -> tuple[torch.Tensor, solvers.Solver]:
     """Run ``method`` on y; the solver's randomness comes from ``torch.Generator().manual_seed(seed)``.
 
     When the operator's images differ in size from the prior's, a diffusion method restores them
-    in overlapping windows (:mod:`diffinv.tiling`, overlap ``tile_overlap`` pixels or its default)
-    and ``solver.last_nfe`` / ``last_seconds`` are the totals over the windows.
+    in overlapping windows (:mod:`diffinv.tiling`, overlap ``tile_overlap`` pixels or its default,
+    up to ``tile_batch`` windows per network batch, default ``tiling.DEFAULT_TILE_BATCH``) and
+    ``solver.last_nfe`` / ``last_seconds`` are the totals over the windows.
     """
     solver = make_solver(method, prior, steps, **params)
     if solver.prior is not None and tiling.needs_tiling(op, solver.prior.image_shape):
         x_hat = tiling.solve_tiled(
-            solver, y, op, sigma_y, seed, overlap=tile_overlap, progress=progress, callback=callback
+            solver,
+            y,
+            op,
+            sigma_y,
+            seed,
+            overlap=tile_overlap,
+            progress=progress,
+            callback=callback,
+            tile_batch=tile_batch,
         )
         return x_hat, solver
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
@@ -104,7 +123,8 @@ def degrade_and_restore(
     op = from_spec(task, tuple(x.shape[1:]), seed=seed) if isinstance(task, str) else task
     y = op.measure(x, sigma_y, generator=torch.Generator().manual_seed(int(seed) + 7919))
     x_hat, solver = solve(y, op, method, prior, sigma_y, seed, steps, progress, **params)
-    return Restoration(x_hat, y, op, solver.last_nfe, solver.last_seconds, x, score(x_hat, x, op, y))
+    metrics = score(x_hat, x, op, y)
+    return Restoration(x_hat, y, op, solver.last_nfe, solver.last_seconds, x, metrics, dict(solver.params))
 
 
 def restore_measured(
@@ -120,4 +140,5 @@ def restore_measured(
 ) -> Restoration:
     """Restore from an observation ``y`` already in the operator's measurement space."""
     x_hat, solver = solve(y, op, method, prior, sigma_y, seed, steps, progress, **params)
-    return Restoration(x_hat, y, op, solver.last_nfe, solver.last_seconds, None, score(x_hat, None, op, y))
+    metrics = score(x_hat, None, op, y)
+    return Restoration(x_hat, y, op, solver.last_nfe, solver.last_seconds, None, metrics, dict(solver.params))

@@ -8,8 +8,11 @@ sinogram for ``ctN``), restores each with one method and writes, per INPUT,
 
 Every input is loaded and checked before anything is written; bad input raises ``ValueError``
 with a one-line message (they name the options as ``diffinv restore`` spells them: ``--steps`` is
-``steps``, ``--sigma-y`` is ``sigma_y``). Should a restoration still fail, the files this call
-wrote are removed again (and ``out`` too, if the call created it): nothing is half-written.
+``steps``, ``--sigma-y`` is ``sigma_y``). The cheap checks (the output folder, that every file
+exists, the settings: :func:`check_arguments`, torch-free) come before torch, the prior and the
+images are loaded. Should a restoration still fail, the files this call wrote are removed again
+(and ``out`` too, if the call created it): nothing is half-written. Suspicious but legal input
+(a mask that keeps no pixel, or every pixel) is reported through ``warn``.
 
 Example
 -------
@@ -21,15 +24,21 @@ Example
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import re
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from .preflight import InputWarning, check_input_files, check_output_dir, parse_params
 
-__all__ = ["restore_files"]
+if TYPE_CHECKING:  # torch is imported where it is used, so that check_arguments is fast (no torch)
+    import torch
+
+__all__ = ["restore_files", "check_arguments"]
 
 _CT_PART = re.compile(r"ct(\d+)")
 _SR_PART = re.compile(r"sr(\d+)(?:-bicubic)?")
@@ -68,6 +77,8 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _check_device(name) -> torch.device:
+    import torch
+
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError) as e:
@@ -79,32 +90,7 @@ def _check_device(name) -> torch.device:
     return device
 
 
-def _parse_params(items: Sequence[str] | None) -> dict:
-    """``--param KEY=VALUE`` items -> dict; values parsed as bool / None / int / float / string."""
-    params: dict = {}
-    for item in items or []:
-        key, sep, raw = str(item).partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or not key:
-            raise ValueError(f"--param expects KEY=VALUE, got {item!r}")
-        raw = raw.strip()
-        low = raw.lower()
-        if low in ("true", "false"):
-            value = low == "true"
-        elif low in ("none", "null"):
-            value = None
-        else:
-            try:
-                value = int(raw)
-            except ValueError:
-                try:
-                    value = float(raw)
-                except ValueError:
-                    value = raw
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError(f"--param {key}: value must be finite, got {raw!r}")
-        params[key] = value
-    return params
+_parse_params = parse_params  # (kept under its old name: tests and scripts use it)
 
 
 def _spec_parts(spec: str) -> list[str]:
@@ -127,6 +113,8 @@ def _sr_factor(spec: str | None) -> int:
 
 def _with_channels(t: torch.Tensor, want: int | None, path: Path, why: str) -> torch.Tensor:
     """``t`` with ``want`` channels: an RGB file whose channels are equal counts as grayscale."""
+    import torch
+
     have = t.shape[1]
     if want is None or have == want:
         return t
@@ -177,18 +165,17 @@ def _restore_channels(spec: str | None, prior, model: str | None) -> tuple[int |
     return None, ""
 
 
-def _prepare_clean(path: Path, s: _Settings, prior, channels, why) -> _RestoreJob:
-    """Default mode: INPUT is the ground truth; build the operator that degrades it."""
-    from .data.io import load_image
+def _prepare_clean(path: Path, raw: torch.Tensor, s: _Settings, prior, channels, why) -> _RestoreJob:
+    """Default mode: INPUT (loaded as ``raw``) is the ground truth; build the operator that degrades it."""
     from .operators import Inpaint, from_spec
 
-    x = _with_channels(load_image(path), channels, path, why)
+    x = _with_channels(raw, channels, path, why)
     C, H, W = x.shape[1:]
     if _is_ct(s.task) and prior is not None and (H, W) != tuple(prior.image_shape[1:]):
         ph, pw = prior.image_shape[1:]
         raise ValueError(
             f"{path} is {H}x{W}, but the prior {s.model} reconstructs CT images of size {ph}x{pw} only "
-            f"(resize the image, or use a classical method such as pinv / fista-tv)"
+            f"(--resize scales it to {ph}x{pw}; or use a classical method such as pinv / fista-tv)"
         )
     k = _sr_factor(s.task)
     if k > 1 and (H % k or W % k):
@@ -203,12 +190,11 @@ def _prepare_clean(path: Path, s: _Settings, prior, channels, why) -> _RestoreJo
     return _RestoreJob(path, s.task, op, s.task, x=x)
 
 
-def _prepare_measured(path: Path, s: _Settings, prior, channels, why) -> _RestoreJob:
-    """``measured``: INPUT is the observation y; infer the image shape and build the operator."""
-    from .data.io import load_image
+def _prepare_measured(path: Path, raw: torch.Tensor, s: _Settings, prior, channels, why) -> _RestoreJob:
+    """``measured``: INPUT (loaded as ``raw``) is the observation y; infer the image shape, build the operator."""
     from .operators import Inpaint, from_spec
 
-    y = load_image(path)
+    y = raw
     spec = s.task
     if _is_ct(spec):
         if y.shape[1] != 1:
@@ -255,6 +241,182 @@ def _prepare_measured(path: Path, s: _Settings, prior, channels, why) -> _Restor
     return _RestoreJob(path, label, op, op, y=y)
 
 
+def check_arguments(
+    inputs: str | os.PathLike | Sequence[str | os.PathLike],
+    task: str | None,
+    method: str = "ddnm",
+    *,
+    steps: int | None = None,
+    sigma_y: float = 0.0,
+    seed: int = 0,
+    out: str | os.PathLike = "out/restore",
+    mask: str | os.PathLike | None = None,
+    params: Mapping[str, object] | Sequence[str] | None = None,
+) -> tuple[list[Path], dict, list[str] | None]:
+    """The checks of :func:`restore_files` that need neither torch nor a prior (milliseconds).
+
+    Checks the settings (a ``--config`` file may have supplied any of them, so their types too),
+    that every INPUT and the mask are readable files, the ``--param`` syntax, the method name and
+    that ``out`` is or can become a writable folder; creates nothing.
+
+    Returns:
+        The input paths, the parsed solver parameters and the ``--param`` strings to store in
+        ``config.json`` (None when no parameters were given).
+
+    Raises:
+        ValueError: (one line) the first problem found.
+    """
+    from .catalog import check_method
+
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    paths = [Path(p) for p in (inputs or [])]
+    if not paths:
+        raise ValueError("no INPUT given (an image, or with --measured an observation / .npy sinogram)")
+    if task is None and not mask:
+        raise ValueError("--task is required (e.g. sr4, inpaint-box, colorize, ct30; see 'diffinv tasks')")
+    if mask and task is not None and not task.startswith("inpaint"):
+        raise ValueError(f"--mask defines an inpainting task; it cannot be combined with --task {task}")
+    if not isinstance(sigma_y, (int, float)) or not math.isfinite(sigma_y) or sigma_y < 0:
+        raise ValueError(f"--sigma-y must be a finite number >= 0, got {sigma_y}")
+    if steps is not None and (not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"--steps must be a positive integer, got {steps}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"--seed must be an integer, got {seed!r}")
+    if mask:
+        check_input_files([mask], "mask file")
+    check_input_files(paths, "input file")
+    stems: dict[str, Path] = {}
+    for p in paths:
+        if p.stem in stems:
+            raise ValueError(
+                f"inputs {stems[p.stem]} and {p} would write the same output names ({p.stem}_...)"
+            )
+        stems[p.stem] = p
+    if isinstance(params, Mapping):
+        param_items = [f"{k}={v}" for k, v in params.items()]
+        parsed = {str(k).replace("-", "_"): v for k, v in params.items()}
+    else:
+        param_items = None if params is None else [str(p) for p in params]
+        parsed = parse_params(param_items)
+    check_method(method)
+    check_output_dir(out)
+    return paths, parsed, param_items
+
+
+def _check_param_values(params: dict, method_cls) -> None:
+    """Refuse unknown solver parameters, and values of the wrong kind for numeric / boolean ones.
+
+    Runs before the prior is loaded; the solver's own checks (ranges, ...) run once it is built.
+    """
+    defaults = method_cls.defaults
+    unknown = sorted(set(params) - set(defaults))
+    if unknown:
+        raise ValueError(
+            f"unknown parameter(s) {unknown} for method {method_cls.name!r}; "
+            f"accepted: {sorted(defaults) or 'none'}"
+        )
+    for key, value in params.items():
+        default = defaults[key]
+        if isinstance(default, bool):
+            ok, want = isinstance(value, bool), "true or false"
+        elif isinstance(default, (int, float)):
+            ok, want = isinstance(value, numbers.Real) and not isinstance(value, bool), "a number"
+        else:  # a string or None default: the solver checks the value
+            continue
+        if not ok:
+            raise ValueError(f"--param {key}={value!r}: {key} of method {method_cls.name!r} must be {want}")
+
+
+def _param_error(exc: BaseException, params: dict, method_cls) -> ValueError:
+    """A solver's parameter error, naming the parameter when the solver's message does not.
+
+    (``float("abc")`` inside a solver says only "could not convert string to float: 'abc'".)
+    """
+    msg = _one_line(exc)
+    if any(key in msg for key in params):
+        return ValueError(msg)
+    # suspects: text given for a parameter whose default is not text (None defaults are numbers so far)
+    suspects = [
+        k for k, v in params.items() if isinstance(v, str) and not isinstance(method_cls.defaults.get(k), str)
+    ]
+    if not suspects:
+        return ValueError(msg)
+    given = ", ".join(f"{k}={params[k]!r}" for k in suspects)
+    return ValueError(f"--param {given}: {msg}")
+
+
+def _check_mask(mask: str | os.PathLike) -> str | None:
+    """Read the mask before the prior is loaded; a warning when it keeps no pixel, or every pixel."""
+    import torch
+    from PIL import Image
+
+    from .operators import Inpaint
+
+    try:
+        with Image.open(mask) as im:
+            w, h = im.size
+    except OSError as e:  # (UnidentifiedImageError is an OSError)
+        raise ValueError(f"cannot read mask image {os.fspath(mask)!r}: {_one_line(e)}") from None
+    kept = float(Inpaint.from_png(mask, (1, h, w)).A(torch.ones(1, 1, h, w)).mean())
+    if kept == 0.0:
+        return (
+            f"mask {os.fspath(mask)} keeps no pixel (all black = missing): "
+            "the result does not depend on the input"
+        )
+    if kept == 1.0:
+        return f"mask {os.fspath(mask)} keeps every pixel (all white = keep): there is nothing to inpaint"
+    return None
+
+
+def _check_sinogram_dtype(path: Path) -> None:
+    """Refuse integer and boolean ``.npy`` sinograms.
+
+    ``load_image`` scales integer arrays by their dtype's maximum (right for images, wrong for
+    line integrals: a uint16 sinogram would silently be divided by 65535).
+    """
+    if path.suffix.lower() != ".npy":
+        return
+    import numpy as np
+
+    try:
+        dtype = np.load(path, mmap_mode="r", allow_pickle=False).dtype
+    except Exception:  # unreadable or not an array: load_image reports it, with its own message
+        return
+    if not np.issubdtype(dtype, np.floating):
+        raise ValueError(
+            f"{path}: a CT sinogram must hold float line integrals, got {dtype} data "
+            "(integer arrays would be divided by their type's maximum); save it as float32 / float64"
+        )
+
+
+def _resize_inputs(raws: list, resize: int | bool, prior, measured: bool) -> tuple[list, list]:
+    """Every input resized (antialiased bilinear) to ``resize`` pixels or the prior's size."""
+    import torch.nn.functional as F
+
+    if measured:
+        raise ValueError("--resize applies to clean inputs; an observation keeps its measured size")
+    if resize is True:
+        if prior is None:
+            raise ValueError(
+                "--resize without a size needs a diffusion prior (give --resize N for classical methods)"
+            )
+        size = tuple(prior.image_shape[1:])
+    else:
+        if isinstance(resize, bool) or int(resize) != resize or not 8 <= resize <= 4096:
+            raise ValueError(f"resize must be a size in [8, 4096] pixels, got {resize!r}")
+        size = (int(resize), int(resize))
+    out, before = [], []
+    for raw in raws:
+        before.append(list(raw.shape[-2:]) if tuple(raw.shape[-2:]) != size else None)
+        out.append(
+            raw
+            if before[-1] is None
+            else F.interpolate(raw, size=size, mode="bilinear", antialias=True, align_corners=False)
+        )
+    return out, before
+
+
 def _record(job: _RestoreJob, s: _Settings, solver_params: dict, r, png: Path) -> dict:
     from . import __version__
     from .config import _jsonable
@@ -299,6 +461,11 @@ def restore_files(
     progress: bool = True,
     on_record: Callable[[dict], None] | None = None,
     extra_config: Mapping[str, object] | None = None,
+    warn: Callable[[str], None] | None = None,
+    window: str | None = None,
+    hu_offset: float | None = None,
+    slice_index: int | None = None,
+    resize: int | bool | None = None,
 ) -> list[dict]:
     """Restore image files with one method; write the results under ``out``; return the records.
 
@@ -328,7 +495,19 @@ def restore_files(
         progress: show progress bars.
         on_record: called with each record once its files are written (e.g. to print a summary).
         extra_config: further settings stored in ``OUT/config.json`` (the CLI adds ``threads``
-            and ``quiet``).
+            and ``quiet``). Input, mask and local model paths are stored absolute there, so
+            that ``--config`` repeats the run from any working directory.
+        warn: called with a one-line message about legal but suspicious input (a mask that keeps
+            no pixel or every pixel); default: ``warnings.warn(message, InputWarning)``.
+        window: CT display window mapping Hounsfield units to [0, 1]: a preset (``lung``,
+            ``soft-tissue``, ``bone``, ``brain``) or ``"CENTER,WIDTH"`` (:mod:`diffinv.data.medical`).
+            Needed for DICOM and for files read with ``hu_offset``; the restoration is also written
+            as ``.npy`` in HU (through the same window) and the window goes into the record.
+        hu_offset: 16-bit PNG/TIFF/.npy inputs store HU + ``hu_offset`` (e.g. 1024).
+        slice_index: the slice of a NIfTI volume (last axis).
+        resize: resize every input to the prior's size (``True``) or to ``resize`` x ``resize``
+            pixels before restoring (antialiased bilinear); the record says so. Without it a CT
+            slice of another size than the prior's is refused.
 
     Returns:
         One dict per input, as written to ``OUT/<stem>_<task>_<method>.json``: input, output,
@@ -340,48 +519,54 @@ def restore_files(
         ValueError: (one line) bad arguments or input files, checked before anything is written;
             or a failure during the run, after this call's outputs were removed again.
     """
+    # --- the checks that need neither torch nor the prior: a bad --out or a missing file fails fast
+    paths, params, param_items = check_arguments(
+        inputs, task, method, steps=steps, sigma_y=sigma_y, seed=seed, out=out, mask=mask, params=params
+    )
     from . import pipeline, priors, solvers
     from .config import write_config, write_json_atomic
-    from .data.io import save_image
+    from .data.io import load_image, save_image, save_npy_atomic
 
-    # --- arguments (a --config file may have supplied any of them, so check types too)
-    if isinstance(inputs, (str, os.PathLike)):
-        inputs = [inputs]
-    paths = [Path(p) for p in (inputs or [])]
-    if not paths:
-        raise ValueError("no INPUT given (an image, or with --measured an observation / .npy sinogram)")
-    if task is None and not mask:
-        raise ValueError("--task is required (e.g. sr4, inpaint-box, colorize, ct30; see 'diffinv tasks')")
-    if mask and task is not None and not task.startswith("inpaint"):
-        raise ValueError(f"--mask defines an inpainting task; it cannot be combined with --task {task}")
-    if not isinstance(sigma_y, (int, float)) or not math.isfinite(sigma_y) or sigma_y < 0:
-        raise ValueError(f"--sigma-y must be a finite number >= 0, got {sigma_y}")
-    if steps is not None and (not isinstance(steps, int) or steps < 1):
-        raise ValueError(f"--steps must be a positive integer, got {steps}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"--seed must be an integer, got {seed!r}")
-    if mask and not Path(mask).is_file():
-        raise ValueError(f"mask file not found: {mask}")
-    stems: dict[str, Path] = {}
-    for p in paths:
-        if p.stem in stems:
-            raise ValueError(
-                f"inputs {stems[p.stem]} and {p} would write the same output names ({p.stem}_...)"
-            )
-        stems[p.stem] = p
-    if isinstance(params, Mapping):
-        param_items = [f"{k}={v}" for k, v in params.items()]
-        params = {str(k).replace("-", "_"): v for k, v in params.items()}
-    else:
-        param_items = None if params is None else [str(p) for p in params]
-        params = _parse_params(param_items)
+    if warn is None:
+
+        def warn(message: str) -> None:
+            warnings.warn(message, InputWarning, stacklevel=3)
+
     device_name = "cpu" if device is None else str(device)
     dev = _check_device(device_name)
     method_cls = solvers.get_class(method)
+    _check_param_values(params, method_cls)
     if task is not None:
         _check_spec(task, seed)
+    mask_warning = _check_mask(mask) if mask else None
+    # --- every input, read before the prior is loaded (seconds, where the prior can take minutes)
+    from .data import medical
 
-    # --- prior (only for diffusion methods), then every input, before anything is written
+    win = None if window is None else medical.parse_window(window)
+    if slice_index is not None and (
+        isinstance(slice_index, bool) or int(slice_index) != slice_index or slice_index < 0
+    ):
+        raise ValueError(f"slice must be an integer >= 0, got {slice_index!r}")
+    if hu_offset is not None and not math.isfinite(float(hu_offset)):
+        raise ValueError(f"hu_offset must be a finite number, got {hu_offset!r}")
+    raws, infos = [], []
+    for path in paths:
+        try:
+            if measured and _is_ct(task):
+                _check_sinogram_dtype(path)
+            if not measured and (medical.is_medical(path) or win is not None or hu_offset is not None):
+                raw, info = medical.load_slice(path, win, hu_offset, slice_index)
+            elif slice_index is not None:
+                raise ValueError("--slice applies to NIfTI volumes (.nii, .nii.gz)")
+            else:
+                raw, info = load_image(path), None
+            raws.append(raw)
+            infos.append(info)
+        except ValueError as e:
+            msg = _one_line(e)
+            raise ValueError(msg if str(path) in msg else f"{path}: {msg}") from None
+
+    # --- prior (only for diffusion methods), then every input checked against it
     prior = None
     if method_cls.needs_prior:
         model = model or (_CT_PRIOR if _is_ct(task) else _NATURAL_PRIOR)
@@ -389,18 +574,26 @@ def restore_files(
     else:
         model = None
     s = _Settings(task, method, model, steps, sigma_y, seed, bool(measured), mask, device_name)
-    solver = pipeline.make_solver(method, prior, steps, **params)  # checks the parameters
+    try:
+        solver = pipeline.make_solver(method, prior, steps, **params)  # checks the parameters' values
+    except (TypeError, ValueError) as e:
+        raise _param_error(e, params, method_cls) from None
     channels, why = _restore_channels(task, prior, model)
     prepare = _prepare_measured if measured else _prepare_clean
+    resized_from = [None] * len(raws)
+    if resize:
+        raws, resized_from = _resize_inputs(raws, resize, prior, measured)
     jobs = []
-    for path in paths:
+    for path, raw in zip(paths, raws):
         try:
-            job = prepare(path, s, prior, channels, why)
+            job = prepare(path, raw, s, prior, channels, why)
         except ValueError as e:
             msg = _one_line(e)
             raise ValueError(msg if str(path) in msg else f"{path}: {msg}") from None
         solver.check_operator(job.op)
         jobs.append(job)
+    if mask_warning:  # once every input is known to be good: a warning, then no error
+        warn(mask_warning)
 
     # --- run; on any failure remove what this run wrote
     out_arg, out = os.fspath(out), Path(out)
@@ -417,24 +610,38 @@ def restore_files(
             name = f"{job.path.stem}_{job.label}_{method}"
             png = save_image(r.x_hat.clamp(0, 1), out / f"{name}.png")
             written.append(png)
-            record = _record(job, s, solver.params, r, png)
+            record = _record(job, s, r.params, r, png)  # the values used (incl. the task's defaults)
+            info = infos[len(records)]
+            if info is not None:  # a medical slice: the restoration in the input's units too
+                npy = out / f"{name}.npy"
+                values = medical.to_input_units(r.x_hat[0, 0].detach().cpu().numpy(), info)
+                written.append(save_npy_atomic(values, npy))
+                record["input_format"] = {k: v for k, v in info.items() if k != "window"}
+                record["window"] = info["window"]
+                record["output_npy"] = str(npy)
+            if resized_from[len(records)] is not None:
+                record["resized_from"] = resized_from[len(records)]
             written.append(write_json_atomic(record, out / f"{name}.json"))
             records.append(record)
             if on_record is not None:
                 on_record(record)
-        settings = {
-            "inputs": [str(p) for p in inputs],
+        settings = {  # paths absolute: a config.json written here replays from any working directory
+            "inputs": [os.path.abspath(p) for p in paths],
             "task": task,
             "method": method,
-            "model": model,
+            "model": os.path.abspath(model) if model is not None and os.path.exists(model) else model,
             "steps": steps,
             "sigma_y": sigma_y,
             "seed": seed,
             "out": out_arg,
             "measured": measured,
-            "mask": None if mask is None else str(mask),
+            "mask": None if mask is None else os.path.abspath(mask),
             "param": param_items,
             "device": device_name,
+            "window": window,
+            "hu_offset": hu_offset,
+            "slice": slice_index,
+            "resize": resize,
             **(extra_config or {}),
         }
         written.append(write_config(out, "restore", settings))

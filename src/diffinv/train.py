@@ -291,7 +291,10 @@ def _step_generator(seed: int, step: int) -> torch.Generator:
 
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
     """Run (or resume) training; returns a summary dict (steps, images seen, final loss, seconds)."""
+    from .preflight import check_output_dir
+
     cfg.validate()
+    check_output_dir(cfg.out, "out")  # a file or read-only folder fails now, not at the first checkpoint
     device = torch.device(cfg.device)
     torch.manual_seed(cfg.seed)
     unet = make_unet(cfg).to(device)

@@ -12,48 +12,20 @@ pydicom = pytest.importorskip("pydicom")
 nibabel = pytest.importorskip("nibabel")
 
 
-def _write_dicom(path, stored: np.ndarray | None, slope=1.0, intercept=-1024.0, samples=1):
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"  # CT Image Storage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CT"
-    if stored is not None:
-        ds.Rows, ds.Columns = stored.shape[:2]
-        ds.SamplesPerPixel = samples
-        if samples == 1:
-            ds.PhotometricInterpretation = "MONOCHROME2"
-            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-            ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
-            ds.PixelData = stored.astype("<u2").tobytes()
-        else:
-            ds.PhotometricInterpretation = "RGB"
-            ds.PlanarConfiguration = 0
-            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-            ds.PixelData = stored.astype(np.uint8).tobytes()
-    ds.save_as(str(path), enforce_file_format=True)
-
-
-def test_dicom_slice_in_hounsfield_units(tmp_path):
+def test_dicom_slice_in_hounsfield_units(tmp_path, write_dicom):
     rng = np.random.default_rng(0)
     stored = rng.integers(0, 3000, size=(16, 12)).astype(np.uint16)
-    _write_dicom(tmp_path / "a.dcm", stored, slope=2.0, intercept=-1024.0)
+    write_dicom(tmp_path / "a.dcm", stored, slope=2.0, intercept=-1024.0)
     hu, meta = read_slice(tmp_path / "a.dcm")
     np.testing.assert_array_equal(hu, stored * 2.0 - 1024.0)
     assert meta["units"] == "HU" and meta["rescale_slope"] == 2.0
 
 
-def test_dicom_without_pixels_or_in_colour_is_refused(tmp_path):
-    _write_dicom(tmp_path / "empty.dcm", None)
+def test_dicom_without_pixels_or_in_colour_is_refused(tmp_path, write_dicom):
+    write_dicom(tmp_path / "empty.dcm", None)
     with pytest.raises(ValueError, match="has no pixel data"):
         read_slice(tmp_path / "empty.dcm")
-    _write_dicom(tmp_path / "rgb.dcm", np.zeros((4, 4, 3)), samples=3)
+    write_dicom(tmp_path / "rgb.dcm", np.zeros((4, 4, 3)), samples=3)
     with pytest.raises(ValueError, match="colour image"):
         read_slice(tmp_path / "rgb.dcm")
     (tmp_path / "junk.dcm").write_bytes(b"not dicom at all")

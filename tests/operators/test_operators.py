@@ -248,7 +248,7 @@ def test_input_validation(spec, shape):
         ("colorize+", RGB, "valid forms"),
         ("sr4 bicubic", RGB, "valid forms"),
         ("sr3", RGB, "not divisible by the factor 3"),
-        ("sr0", RGB, "factor must be an integer >= 1"),
+        ("sr0", RGB, r"factor k must be in \[2, 64\]"),
         ("sr3-bicubic", RGB, "not divisible by the factor 3"),
         ("inpaint-random1.5", RGB, r"probability p must be in \[0, 1\)"),
         ("inpaint-random1", RGB, r"probability p must be in \[0, 1\)"),

@@ -211,3 +211,48 @@ def read_slice(
     if slice_index is not None:
         raise ValueError(f"--slice applies to NIfTI volumes; {p.name} holds one slice")
     return read_high_bit_depth(p, hu_offset)
+
+
+def load_slice(
+    path: str | Path,
+    window: Window | str | None = None,
+    hu_offset: float | None = None,
+    slice_index: int | None = None,
+):
+    """Read one slice and map it to a ``(1, 1, H, W)`` float32 tensor in [0, 1] for a prior.
+
+    Data in Hounsfield units (DICOM, or a file read with ``hu_offset``) needs a ``window``; other
+    data (NIfTI, ``.npy``) goes through the window when one is given and must already lie in [0, 1]
+    otherwise. Returns ``(tensor, info)``; ``info`` holds the reader's metadata and ``window``
+    (``Window.as_dict()`` or None), enough to map a restoration back with :func:`to_input_units`.
+    """
+    import torch
+
+    if isinstance(window, str):
+        window = parse_window(window)
+    values, meta = read_slice(path, slice_index=slice_index, hu_offset=hu_offset)
+    if window is not None:
+        unit = window.to_unit(values)
+    elif meta["units"] == "HU":
+        raise ValueError(
+            f"{path} holds Hounsfield units: choose a window with --window "
+            f"({', '.join(WINDOW_PRESETS)}, or CENTER,WIDTH)"
+        )
+    elif values.min() < 0 or values.max() > 1:
+        raise ValueError(
+            f"{path} holds values in [{values.min():g}, {values.max():g}], not [0, 1]: give --window "
+            "(and --hu-offset for files that store HU + offset) to map them to the prior's range"
+        )
+    else:
+        unit = values
+    info = {**meta, "window": None if window is None else window.as_dict()}
+    return torch.from_numpy(np.ascontiguousarray(unit, dtype=np.float32))[None, None], info
+
+
+def to_input_units(x_unit: np.ndarray, info: dict) -> np.ndarray:
+    """A restoration in [0, 1] back in the input's units (HU through the same window), float32."""
+    w = info.get("window")
+    x = np.clip(x_unit, 0, 1)
+    if w is None:
+        return x.astype(np.float32)
+    return Window(w["center"], w["width"]).to_hu(x).astype(np.float32)

@@ -6,45 +6,15 @@ import numbers
 import re
 from collections.abc import Callable
 
+from ..catalog import SPECS
 from ._common import check_image_shape
 from .base import LinearOperator
 
 _NUM = r"(\d+(?:\.\d*)?|\.\d+)"
 
-#: (form, one-line description), in the order shown to users.
-_SPECS: list[tuple[str, str]] = [
-    ("denoise", "identity (denoising): y = x"),
-    ("inpaint-box", "inpainting, a centred H/2 x W/2 box removed"),
-    (
-        "inpaint-random<p>",
-        "inpainting, each pixel dropped with probability p in [0, 1), e.g. inpaint-random0.5",
-    ),
-    ("inpaint-strokes", "inpainting, random free-form brush strokes (15-40% of the pixels) removed"),
-    ("colorize", "grey-level observation of an RGB image (ITU-R BT.601 luma weights)"),
-    ("sr<k>", "super-resolution by an integer factor k, k x k average pooling, e.g. sr4"),
-    (
-        "sr<k>-bicubic",
-        "super-resolution by k, antialiased bicubic downsampling (MATLAB imresize), e.g. sr4-bicubic",
-    ),
-    ("deblur-gauss", "circular Gaussian blur, sigma 1.5 px, 11 x 11"),
-    ("deblur-uniform", "circular 9 x 9 box blur"),
-    ("deblur-aniso", "circular anisotropic Gaussian blur, sigmas 4 and 1 px"),
-    ("deblur-motion", "circular random (seeded) 9 x 9 camera-shake blur"),
-    (
-        "cs<ratio>",
-        "compressed sensing, ratio in (0, 1] of the 2-D Walsh-Hadamard coefficients kept, e.g. cs0.25",
-    ),
-    (
-        "cs<ratio>-block[<b>]",
-        "block compressed sensing, random orthogonal measurements of b x b tiles "
-        "(default b = 32 or the largest divisor of H and W below it), e.g. cs0.25-block",
-    ),
-    (
-        "ct<views>",
-        "sparse-view parallel-beam CT with <views> angles over 180 degrees; image shape (1, N, N), e.g. ct30",
-    ),
-    ("<spec>+<spec>+...", "composition applied left to right, e.g. colorize+sr4"),
-]
+#: (form, one-line description), in the order shown to users. The table lives in the torch-free
+#: :mod:`diffinv.catalog` so that ``diffinv tasks`` answers without importing torch.
+_SPECS: list[tuple[str, str]] = SPECS
 
 
 def available_specs() -> list[tuple[str, str]]:

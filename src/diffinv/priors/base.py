@@ -78,13 +78,17 @@ class Prior(nn.Module):
         ab = ab.to(device=like.device, dtype=like.dtype)
         return ab.reshape(-1, *([1] * (like.dim() - 1))) if ab.dim() else ab
 
-    def _t_batch(self, t: torch.Tensor | int, x: torch.Tensor) -> torch.Tensor:
-        t = torch.as_tensor(t, dtype=torch.long, device=x.device)
+    def _t_batch(self, t: torch.Tensor | int | float, x: torch.Tensor) -> torch.Tensor:
+        """``t`` as a (B,) tensor: long for training levels; float64 for times between them (a VE
+        sampler's continuous grid, see ``VPSchedule.alpha_bar``), which networks take as they take
+        whole steps (the sinusoidal time embedding is defined for any real t)."""
+        t = torch.as_tensor(t, device=x.device)
+        t = t.to(torch.float64) if t.is_floating_point() and bool((t != t.round()).any()) else t.long()
         if t.dim() == 0:
             t = t.expand(x.shape[0])
         if t.shape != (x.shape[0],):
             raise ValueError(f"t must be a scalar or have shape ({x.shape[0]},), got {tuple(t.shape)}")
-        if (t < 0).any() or (t >= self.schedule.T).any():
+        if (t < 0).any() or (t > self.schedule.T - 1).any():
             raise ValueError(f"t must be in [0, {self.schedule.T - 1}]")
         return t
 

@@ -162,7 +162,14 @@ class NetworkPrior(Prior):
         return out.to(device=x.device, dtype=x.dtype)
 
     def _sigma(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        return self.ve_sigmas.to(device=like.device, dtype=torch.float64)[t.to(like.device)]
+        sig = self.ve_sigmas.to(device=like.device, dtype=torch.float64)
+        if t.is_floating_point():  # between levels: log sigma interpolated (geometric VE schedule: exact)
+            t = t.to(device=like.device, dtype=torch.float64)
+            lo = t.floor().long().clamp(max=sig.numel() - 1)
+            hi = (lo + 1).clamp(max=sig.numel() - 1)
+            w = t - lo.to(torch.float64)
+            return (sig[lo].log() * (1 - w) + sig[hi].log() * w).exp()
+        return sig[t.to(like.device)]
 
     def _score_ve(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(score s(x, sigma_t), sigma_t broadcast) for a VE network on the VE state x."""

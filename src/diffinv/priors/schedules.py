@@ -17,6 +17,10 @@ import math
 
 import torch
 
+#: Upper bound on the steps of a VE (predictor-corrector) sampler: its grid is continuous, so the
+#: training steps do not bound it; this only catches absurd values (100x the MCG paper's 2000).
+MAX_VE_STEPS = 100_000
+
 
 class VPSchedule:
     """Discrete variance-preserving schedule given by its betas (float64).
@@ -75,11 +79,47 @@ class VPSchedule:
         ab = self.alphas_cumprod
         return ((1 - ab) / ab).sqrt()
 
-    def alpha_bar(self, t: torch.Tensor | int) -> torch.Tensor:
-        """abar_t (float64); ``t = -1`` means the clean end (abar = 1), as DDIM's last step needs."""
-        t = torch.as_tensor(t, dtype=torch.long)
+    def alpha_bar(self, t: torch.Tensor | int | float) -> torch.Tensor:
+        """abar_t (float64); ``t = -1`` means the clean end (abar = 1), as DDIM's last step needs.
+
+        A floating ``t`` that is not a whole number, in [0, T - 1], lies between two training
+        levels: its noise level is interpolated linearly in log sigma (:meth:`sigma_at`) and
+        abar = 1 / (1 + sigma^2). Whole numbers give the table's values exactly.
+        """
+        t = torch.as_tensor(t)
+        if t.is_floating_point() and bool((t != t.round()).any()):
+            return 1.0 / (1.0 + self.sigma_at(t) ** 2)
+        t = t.to(torch.long)
         ab = torch.cat([self.alphas_cumprod.new_ones(1), self.alphas_cumprod])
         return ab[t + 1]
+
+    def sigma_at(self, t: torch.Tensor | float) -> torch.Tensor:
+        """VE noise level at a continuous time t in [0, T - 1]: log sigma interpolated linearly
+        between the neighbouring training levels (as k-diffusion reads discrete DDPM models on a
+        continuous noise range); equal to ``sigmas[t]`` at whole t."""
+        t = torch.as_tensor(t, dtype=torch.float64)
+        if bool(((t < 0) | (t > self.T - 1)).any()):
+            raise ValueError(f"t must be in [0, {self.T - 1}], got {t.min().item()}..{t.max().item()}")
+        log_s = self.sigmas.log()
+        lo = t.floor().long().clamp(max=self.T - 1)
+        hi = (lo + 1).clamp(max=self.T - 1)
+        w = t - lo.to(torch.float64)
+        return (log_s[lo] * (1 - w) + log_s[hi] * w).exp()
+
+    def ve_timesteps(self, num_steps: int) -> torch.Tensor:
+        """Descending times for a VE (predictor-corrector) sampler with ``num_steps`` noise levels.
+
+        Up to T levels: :meth:`timesteps` (training levels). Beyond T, a VE sampler discretises the
+        continuous noise range: ``num_steps`` equally spaced times from T - 1 down to 0 (float64;
+        non-whole times between training levels, see :meth:`alpha_bar`), at most
+        :data:`MAX_VE_STEPS`.
+        """
+        num_steps = int(num_steps)
+        if not 1 <= num_steps <= MAX_VE_STEPS:
+            raise ValueError(f"steps must be in [1, {MAX_VE_STEPS}] for a VE sampler, got {num_steps}")
+        if num_steps <= self.T:
+            return self.timesteps(num_steps)
+        return torch.linspace(self.T - 1, 0, num_steps, dtype=torch.float64)
 
     def timesteps(self, num_steps: int) -> torch.Tensor:
         """``num_steps`` descending timesteps by uniform skip (DDIM, DDNM): T-skip, ..., skip, 0.

@@ -6,6 +6,16 @@ Every method is a :class:`Solver` subclass registered under a short name::
     x = solver(y, op, sigma_y=0.0, generator=torch.Generator().manual_seed(0))
     solver.last_nfe, solver.last_seconds
 
+Hyperparameters are resolved when the solver is called, from the operator's family
+(:func:`diffinv.families.family`: ct, inpaint, sr, deblur, colorize, cs, denoise)::
+
+    explicit (constructor) params  >  cls.task_defaults[family]  >  cls.defaults
+
+so that ``get("mcg", prior)`` on ``ct18`` runs the setting tuned for CT, while
+``get("mcg", prior, steps=1000)`` keeps its 1000 steps. ``solver.effective_params(op)`` gives the
+values before a call; after a call ``solver.params`` holds the values actually used (the CLI
+writes them into each record).
+
 Spaces: ``y`` and the returned ``x`` are in [0, 1] image units (``x`` is *not* clamped, so that
 measurement consistency ``A x = y`` is exact where the method guarantees it; clamp for display).
 Diffusion solvers work in the prior's model space, ``x = scale * z + shift``; since A is linear,
@@ -21,6 +31,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 
+from ..families import family as operator_family
 from ..operators.base import LinearOperator, SVDOperator, check_tensor
 from ..priors.base import Prior
 
@@ -78,6 +89,9 @@ class Solver:
     description: str = ""
     #: hyperparameters and their defaults; every one can be overridden in the constructor.
     defaults: dict = {}
+    #: per operator family (``diffinv.families.FAMILIES``): values that replace ``defaults`` for
+    #: that kind of degradation unless set explicitly; families not listed use ``defaults``.
+    task_defaults: dict[str, dict] = {}
     needs_prior: bool = True
     requires_svd: bool = False
     supports_noise: bool = True
@@ -92,16 +106,37 @@ class Solver:
                 f"accepted: {sorted(self.defaults) or 'none'}"
             )
         self.prior = prior
+        #: the hyperparameters set explicitly (they win over every default)
+        self.user_params = dict(params)
+        #: generic values until a call; after a call, the values that call used
         self.params = {**self.defaults, **params}
         self.validate_params()
         self.last_nfe = 0
         self.last_seconds = 0.0
+        self.last_family: str | None = None
 
     def __getattr__(self, key: str):
         params = self.__dict__.get("params", {})
         if key in params:
             return params[key]
         raise AttributeError(key)
+
+    @classmethod
+    def family_defaults(cls, family: str | None, params: dict | None = None) -> dict:
+        """``task_defaults[family]`` (empty for None or unlisted families); subclasses may choose
+        the table from the explicit ``params`` (MCG: per form)."""
+        return dict(cls.task_defaults.get(family, {})) if family else {}
+
+    @classmethod
+    def resolve_params(cls, family: str | None, params: dict | None = None) -> dict:
+        """explicit ``params`` > ``family``'s defaults > generic defaults (no solver needed)."""
+        params = dict(params or {})
+        return {**cls.defaults, **cls.family_defaults(family, params), **params}
+
+    def effective_params(self, op: LinearOperator | str | None = None) -> dict:
+        """The hyperparameters a call on ``op`` (an operator or a spec string) uses: explicit >
+        the operator family's defaults > generic defaults."""
+        return self.resolve_params(operator_family(op), self.user_params)
 
     def validate_params(self) -> None:
         """Check hyperparameters; raise ValueError naming the bad one. Override to add checks."""
@@ -142,6 +177,9 @@ class Solver:
                 f"{self.prior.image_shape}"
             )
         self.check_operator(op)
+        self.last_family = operator_family(op)
+        self.params = self.effective_params(op)
+        self.validate_params()
         if self.prior is not None:
             self.prior.reset_nfe()
         start = time.perf_counter()
@@ -163,6 +201,23 @@ class Solver:
 
     def timesteps(self) -> torch.Tensor:
         return self.prior.schedule.timesteps(int(self.params["steps"]))
+
+    def ve_levels(self) -> tuple[list[int | float], list[float]]:
+        """(times, sigmas) of a VE predictor-corrector sampler with ``steps`` levels, descending.
+
+        Up to the prior's T training steps the times are training levels (as :meth:`timesteps`);
+        beyond, equally spaced continuous times (``VPSchedule.ve_timesteps``) whose sigmas are
+        interpolated in log sigma, so the step count is bounded only by ``MAX_VE_STEPS``. Whole
+        times are returned as ints, so the network sees exactly the training levels there.
+        """
+        sched = self.prior.schedule
+        ts = [
+            int(t) if float(t).is_integer() else float(t)
+            for t in sched.ve_timesteps(int(self.params["steps"]))
+        ]
+        sig = sched.sigmas
+        sigmas = [float(sig[t]) if isinstance(t, int) else float(sched.sigma_at(t)) for t in ts]
+        return ts, sigmas
 
     def iterate(self, seq, progress: bool, desc: str | None = None):
         if not progress:

@@ -1,0 +1,141 @@
+"""Smoke tests of benchmarks/faces.py and ct_real.py: each ``--quick`` run writes its results file
+(every method, finite numbers, targets with margins, data credits) and its figure. Without the
+shared data or the face / chest priors they run on the bundled stand-ins (a 64x64 face, one TCIA
+chest slice) and shipped priors; the numbers themselves are not checked."""
+
+from __future__ import annotations
+
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from diffinv import priors
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+sys.path.insert(0, str(BENCH))
+BUNDLED = ROOT / "src" / "diffinv" / "assets" / "images"
+SHARED = ROOT.parent / "shared" / "data"
+FACES = (
+    SHARED / "faces" if (SHARED / "faces" / "celeba_identity.txt").is_file() else BUNDLED / "face_189080.png"
+)
+TCIA = SHARED / "ct" / "dev" / "tcia_hu"
+TCIA = TCIA if TCIA.is_dir() else BUNDLED / "ct_chest_tcia_hu1024_256.png"
+SHIPPED = priors.shipped_priors()
+FACE_PRIOR = "faces-64" if "faces-64" in SHIPPED else "natural-64"
+CHEST_PRIOR = "ct-chest-64" if "ct-chest-64" in SHIPPED else "ct-ellipses-64"
+NUMBER = re.compile(r"(?<![\w.])[-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?(?![\w./])|\bnan\b|\binf\b", re.I)
+TARGET = re.compile(r"margin [-+]\d+\.\d+( dB)? \(need .*\): \*\*(met|missed)\*\*")
+
+
+def run(script: str, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / script), *args], cwd=ROOT, capture_output=True, text=True, timeout=900
+    )
+    assert (proc.returncode == 0) == ok, f"{script}: rc {proc.returncode}\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def section(text: str, title: str) -> str:
+    return text.split(f"### {title}\n", 1)[1].split("\n#", 1)[0]
+
+
+def check_rows(text: str, title: str, methods) -> None:
+    """Each method has one row under ``### title`` and only finite numbers in it."""
+    for m in methods:
+        rows = [line for line in section(text, title).splitlines() if line.startswith(f"| {m} |")]
+        assert len(rows) == 1, f"{m} missing under {title}"
+        values = [float(v) for v in NUMBER.findall(rows[0].split("|", 2)[2])]
+        assert len(values) >= 6 and all(math.isfinite(v) for v in values), rows[0]
+
+
+def check_files(md: Path, png: Path, script: str) -> str:
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = md.read_text()
+    assert f"- command: `python benchmarks/{script} --quick" in text
+    assert "- git commit:" in text and "- machine:" in text and "- date:" in text
+    return text
+
+
+def test_faces_quick(tmp_path):
+    run("faces.py", "--quick", "--out", str(tmp_path), "--data", str(FACES), "--prior", FACE_PRIOR)
+    text = check_files(tmp_path / "faces.md", tmp_path / "faces.png", "faces.py")
+    methods = ["ddnm", "ddnm+", "ddrm", "pigdm", "dps", "mcg", "fista-tv", "pinv"]
+    for title in (
+        "sr4",
+        "sr8",
+        "inpaint-box",
+        "inpaint-random0.5",
+        "colorize",
+        "deblur-gauss",
+        "sr4 σ_y=0.05",
+    ):
+        check_rows(text, title, methods + (["bicubic"] if title.startswith("sr") else []))
+    assert "rows 20-33 x cols 12-51 and rows 38-49 x cols 20-43" in text  # the eyes / mouth boxes
+    assert "non-commercial research only" in text
+    targets = text.split("## Targets", 1)[1]
+    assert len(TARGET.findall(targets)) == 2 + 6  # sr4 PSNR + LPIPS, inpaint-box per diffusion method
+
+
+def test_ct_real_quick(tmp_path):
+    run("ct_real.py", "--quick", "--out", str(tmp_path), "--data", str(TCIA), "--prior", CHEST_PRIOR)
+    text = check_files(tmp_path / "ct_real.md", tmp_path / "ct_real.png", "ct_real.py")
+    methods = ["fbp", "fista-tv"] + [
+        f"{m}/{p}" for p in ("chest", "ellipses") for m in ("ddnm", "mcg", "score-proj")
+    ]
+    for views in (8, 18):
+        check_rows(text, f"{views} views", methods)
+    assert "soft-tissue window (centre 40 HU, width 400 HU)" in text and "credit TCIA" in text
+    targets = text.split("## Targets", 1)[1]
+    assert len(TARGET.findall(targets)) == 2 * 3  # per view count: vs FISTA-TV, vs FBP, chest vs ellipses
+
+
+def test_faces_missing_data(tmp_path):
+    proc = run("faces.py", "--quick", "--out", str(tmp_path), "--data", str(tmp_path / "nope"), ok=False)
+    assert "not found" in proc.stderr and "celeba" in proc.stderr
+    assert not (tmp_path / "faces.md").exists()
+
+
+def test_ct_real_missing_prior(tmp_path):
+    args = ("--quick", "--out", str(tmp_path), "--data", str(BUNDLED / "ct_chest_tcia_hu1024_256.png"))
+    proc = run("ct_real.py", *args, "--prior", CHEST_PRIOR, "--prior-wrong", "/no/such/prior", ok=False)
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: --prior-wrong /no/such/prior:")
+    assert not (tmp_path / "ct_real.md").exists()
+
+
+def test_face_box_mask():
+    from faces import face_box_mask
+
+    mask = face_box_mask()
+    assert mask.shape == (1, 64, 64) and int((mask == 0).sum()) == 14 * 40 + 12 * 24
+    assert mask[0, 27, 20] == 0 and mask[0, 44, 32] == 0  # an eye, the mouth
+    assert mask[0, 36, 32] == 1 and mask[0, 5, 5] == 1  # the nose tip between the boxes, the hair
+
+
+def test_ct_real_slice_selection_and_window(tmp_path):
+    from ct_real import load_slices, pick_files
+
+    from diffinv.data.io import load_image
+    from diffinv.data.medical import parse_window
+
+    folder = tmp_path / "slices"
+    folder.mkdir()
+    rows = ["file,patient,source_repo"]
+    for patient, count in (("a", 9), ("b", 2), ("c", 6)):
+        for i in range(count):
+            (folder / f"{patient}_{i:03d}.png").touch()
+            rows.append(f"{patient}_{i:03d}.png,{patient},x")
+    (tmp_path / "slices_manifest.csv").write_text("\n".join(rows) + "\n")
+    stems = [f.stem for f in pick_files(folder, 9)]
+    assert stems == ["a_001", "a_004", "a_007", "b_000", "b_001", "c_001", "c_003", "c_005"]  # b has 2
+    assert [f.stem for f in pick_files(folder, 1)] == ["c_003"]
+
+    # The bundled slice, windowed and box-averaged, matches its bundled 8-bit 64x64 rendering.
+    x = load_slices([BUNDLED / "ct_chest_tcia_hu1024_256.png"], parse_window("soft-tissue"))
+    ref = load_image(BUNDLED / "ct_chest_tcia_64.png", channels=1)
+    assert x.shape == (1, 1, 64, 64) and float((x - ref).abs().max()) < 1.5 / 255
+    assert torch.all((x >= 0) & (x <= 1))
