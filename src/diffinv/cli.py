@@ -259,6 +259,7 @@ def _cmd_restore(args: argparse.Namespace) -> int:
             hu_offset=args.hu_offset,
             slice_index=args.slice,
             resize=args.resize,
+            tile_batch=args.tile_batch,
         )
     finally:
         _restore_threads(previous)
@@ -422,6 +423,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="KEY=VALUE",
         help="solver hyperparameter, repeatable, e.g. --param eta=0.5 --param form=ve",
+    )
+    rs.add_argument(
+        "--tile-batch",
+        type=int,
+        default=None,
+        metavar="N",
+        help="images larger than the prior: up to N windows per network batch [8]",
     )
     rs.add_argument("--device", default="cpu", help="torch device [cpu]")
     rs.add_argument("--threads", type=int, default=None, help="torch CPU threads [torch's default]")

@@ -466,6 +466,7 @@ def restore_files(
     hu_offset: float | None = None,
     slice_index: int | None = None,
     resize: int | bool | None = None,
+    tile_batch: int | None = None,
 ) -> list[dict]:
     """Restore image files with one method; write the results under ``out``; return the records.
 
@@ -504,6 +505,8 @@ def restore_files(
             Needed for DICOM and for files read with ``hu_offset``; the restoration is also written
             as ``.npy`` in HU (through the same window) and the window goes into the record.
         hu_offset: 16-bit PNG/TIFF/.npy inputs store HU + ``hu_offset`` (e.g. 1024).
+        tile_batch: images larger than the prior are restored in windows; up to this many run
+            together through the network (default :data:`diffinv.tiling.DEFAULT_TILE_BATCH`).
         slice_index: the slice of a NIfTI volume (last axis).
         resize: resize every input to the prior's size (``True``) or to ``resize`` x ``resize``
             pixels before restoring (antialiased bilinear); the record says so. Without it a CT
@@ -542,6 +545,10 @@ def restore_files(
     # --- every input, read before the prior is loaded (seconds, where the prior can take minutes)
     from .data import medical
 
+    if tile_batch is not None and (
+        isinstance(tile_batch, bool) or int(tile_batch) != tile_batch or tile_batch < 1
+    ):
+        raise ValueError(f"tile_batch must be a positive integer, got {tile_batch!r}")
     win = None if window is None else medical.parse_window(window)
     if slice_index is not None and (
         isinstance(slice_index, bool) or int(slice_index) != slice_index or slice_index < 0
@@ -603,6 +610,8 @@ def restore_files(
     try:
         for job in jobs:
             common = dict(sigma_y=float(sigma_y), seed=seed, steps=steps, progress=progress)
+            if tile_batch is not None:  # images larger than the prior: windows per network batch
+                common["tile_batch"] = tile_batch
             if job.x is not None:
                 r = pipeline.degrade_and_restore(job.x.to(dev), job.task, method, prior, **common, **params)
             else:
@@ -642,6 +651,7 @@ def restore_files(
             "hu_offset": hu_offset,
             "slice": slice_index,
             "resize": resize,
+            "tile_batch": tile_batch,
             **(extra_config or {}),
         }
         written.append(write_config(out, "restore", settings))
