@@ -135,3 +135,23 @@ def test_bad_medical_input_is_one_line_and_writes_nothing(tmp_path, capsys, writ
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and case in err, err
     assert not out.exists()
+
+
+def test_eval_over_dicom_slices_through_a_window(tmp_path, capsys, write_dicom):
+    data = tmp_path / "dcm"
+    data.mkdir()
+    hu = np.kron(_phantom_hu(32), np.ones((2, 2)))  # 64x64
+    for k in range(2):
+        write_dicom(data / f"s{k}.dcm", np.round(hu + 1024 + 10 * k).astype(np.uint16))
+    argv = ["eval", "--data", data, "--task", "denoise", "--methods", "pinv", "--window", "soft-tissue"]
+    code = main([*map(str, argv), "--crop", "32", "--resize", "--out", str(tmp_path / "e"), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    rows = (tmp_path / "e" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 3  # header + 2 slices
+    cfg = json.loads((tmp_path / "e" / "config.json").read_text())
+    assert cfg["args"]["window"] == "soft-tissue" and cfg["args"]["resize"] is True
+    code = main([*map(str, argv), "--out", str(tmp_path / "bad"), "--quiet"])  # 64x64 crops, no prior
+    assert code == 0
+    argv[-1] = "abdomen"
+    assert main([*map(str, argv), "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    assert "unknown window 'abdomen'" in capsys.readouterr().err and not (tmp_path / "x").exists()

@@ -210,6 +210,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             device=args.device,
             overwrite=args.overwrite,
             quiet=args.quiet,
+            window=args.window,
+            hu_offset=args.hu_offset,
+            resize=args.resize,
         )
     finally:
         _restore_threads(previous)
@@ -483,6 +486,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default=None, help="torch device [cuda:LOCAL_RANK if present, else cpu]")
     ev.add_argument("--out", help="output folder; rerunning the same command resumes")
     ev.add_argument("--overwrite", action="store_true", help="discard earlier results in OUT")
+    ev.add_argument("--window", metavar="PRESET|C,W", help="CT slices in HU: window to [0, 1] (see restore)")
+    ev.add_argument("--hu-offset", type=float, default=None, help="16-bit slices store HU + this (e.g. 1024)")
+    ev.add_argument(
+        "--resize", action="store_true", help="scale each whole image to the crop size instead of cropping"
+    )
     ev.add_argument(
         "--threads",
         type=int,

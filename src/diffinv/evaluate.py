@@ -122,7 +122,7 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     files = sorted(
         f
         for f in p.iterdir()
-        if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_SUFFIXES
+        if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_SUFFIXES + (".dcm",)
     )
     if not files:
         raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in data folder {p}")
@@ -152,8 +152,15 @@ def crop_image(x: torch.Tensor, crop: int, seed: int, index: int, source: str = 
     return x[..., top : top + crop, left : left + crop].clamp(0, 1).contiguous()
 
 
-def load_items(data: str, n: int | None, crop: int, channels: int, seed: int) -> list[_Item]:
-    """The evaluation images: the first ``n`` files of a folder (sorted) cropped, or phantoms."""
+def load_items(
+    data: str, n: int | None, crop: int, channels: int, seed: int, slices: dict | None = None
+) -> list[_Item]:
+    """The evaluation images: the first ``n`` files of a folder (sorted) cropped, or phantoms.
+
+    ``slices`` (``{"window": ..., "hu_offset": ..., "resize": bool}``) reads CT slices in HU
+    through a window (:func:`diffinv.data.medical.load_slice`; DICOM always goes this way) and,
+    with ``resize``, scales each whole slice to ``crop`` x ``crop`` instead of cropping it.
+    """
     count = _parse_ellipses(str(data), n)
     if count is not None:
         from .data.ellipses import random_phantoms
@@ -169,10 +176,23 @@ def load_items(data: str, n: int | None, crop: int, channels: int, seed: int) ->
             items.append(_Item(i, f"{i:04d}_ellipse", f"ellipses:{count}", x))
         return items
     files = _first_files(data, n)
+    slices = slices or {}
     items = []
     for i, f in enumerate(files):
-        x = load_image(f, channels=channels)
-        items.append(_Item(i, f"{i:04d}_{_safe_stem(f.stem)}", f.name, crop_image(x, crop, seed, i, str(f))))
+        if f.suffix.lower() == ".dcm" or slices.get("window") or slices.get("hu_offset") is not None:
+            from .data.medical import load_slice
+
+            x, _ = load_slice(f, slices.get("window"), slices.get("hu_offset"))
+            x = x.expand(-1, channels, -1, -1).contiguous()
+        else:
+            x = load_image(f, channels=channels)
+        if slices.get("resize"):
+            x = torch.nn.functional.interpolate(
+                x, size=(crop, crop), mode="bilinear", antialias=True, align_corners=False
+            ).clamp(0, 1)
+        else:
+            x = crop_image(x, crop, seed, i, str(f))
+        items.append(_Item(i, f"{i:04d}_{_safe_stem(f.stem)}", f.name, x))
     return items
 
 
@@ -245,6 +265,7 @@ def _plan(
     model: str | None,
     seed: int,
     device: torch.device,
+    slices: dict | None = None,
 ) -> _Plan:
     """Validate every input and load the images and prior; nothing is written here."""
     from . import priors
@@ -290,7 +311,11 @@ def _plan(
         channels = 1 if _is_ct_task(task) or _is_phantoms(data) else 3
         crop = DEFAULT_CROP if crop is None else crop
     crop = int(crop)
-    items = load_items(data, n, crop, channels, int(seed))
+    if slices and slices.get("window"):
+        from .data.medical import parse_window
+
+        parse_window(slices["window"])  # an unknown preset or a bad width fails before the images load
+    items = load_items(data, n, crop, channels, int(seed), slices)
     shape = tuple(items[0].x.shape[1:])
     op = from_spec(task, shape, seed=item_seed(seed, 0))  # bad specs / shapes fail here
     for m in methods:  # wrong pairs (e.g. an SVD method on CT) fail now, not after hours
@@ -309,6 +334,7 @@ def _plan(
         "model": None if model is None else os.path.abspath(model) if os.path.exists(model) else str(model),
         "model_sha256": None if prior is None else prior_fingerprint(prior),
         "seed": int(seed),
+        "slices": slices or None,
         "diffinv_version": __version__,
     }
     return _Plan(items, methods, prior, config, device)
@@ -709,6 +735,9 @@ def evaluate(
     quiet: bool = False,
     figure_rows: int = FIGURE_ROWS,
     item_callback: Callable[[dict], None] | None = None,
+    window: str | None = None,
+    hu_offset: float | None = None,
+    resize: bool = False,
 ) -> dict[str, dict]:
     """Evaluate ``methods`` on ``task`` over a data set; write the outputs listed in the module
     docstring under ``out`` and return the per-method summary (see :func:`summarize`).
@@ -726,17 +755,23 @@ def evaluate(
     figure_rows: images shown in ``figure.png`` (0: no figure).
     item_callback: called with each finished item's record; an exception raised there stops the
         run and the finished items stay recorded (a rerun resumes).
+    window, hu_offset, resize: CT slices in HU (DICOM, or 16-bit PNGs storing HU + ``hu_offset``)
+        go through the display ``window`` (preset or ``"C,W"``) to [0, 1]; ``resize`` scales each
+        whole slice to the crop size instead of cropping it.
 
     Bad input raises a one-line ``ValueError`` before anything is written.
     """
     from .preflight import check_output_dir
 
     check_output_dir(out, "out")  # an unusable output folder fails before the prior loads
+    slices = {"window": window, "hu_offset": hu_offset, "resize": bool(resize)}
+    slices = slices if window or hu_offset is not None or resize else None
     rank, world, local_rank, owns_group = _init_distributed()
     try:
         dev = _resolve_device(device, local_rank)
         plan = _together(
-            world, lambda: _plan(str(data), task, methods, n, crop, sigma_y, steps, model, seed, dev)
+            world,
+            lambda: _plan(str(data), task, methods, n, crop, sigma_y, steps, model, seed, dev, slices),
         )
         out_dir = Path(out)
         cli_args = {  # as `diffinv eval` names them, so that `--config OUT/config.json` repeats the run
@@ -752,6 +787,9 @@ def evaluate(
             "seed": int(seed),
             "device": None if device is None else str(device),
             "out": str(out),
+            "window": window,
+            "hu_offset": hu_offset,
+            "resize": bool(resize),
         }
         _together(world, lambda: _claim_out(out_dir, plan.config, cli_args, overwrite) if rank == 0 else None)
         _together(
