@@ -155,3 +155,18 @@ def test_eval_over_dicom_slices_through_a_window(tmp_path, capsys, write_dicom):
     argv[-1] = "abdomen"
     assert main([*map(str, argv), "--out", str(tmp_path / "x"), "--quiet"]) == 2
     assert "unknown window 'abdomen'" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_train_reads_dicom_slices_through_the_window(tmp_path, write_dicom):
+    from diffinv.train import ImageFolderCrops
+
+    data = tmp_path / "dcm"
+    data.mkdir()
+    hu = np.kron(_phantom_hu(32), np.ones((2, 2)))
+    write_dicom(data / "a.dcm", np.round(hu + 1024).astype(np.uint16))
+    crops = ImageFolderCrops(str(data), 64, 1, window="soft-tissue")
+    assert len(crops.images) == 1  # the 32x32 half-resolution copy is below the crop size
+    expected = np.clip((np.round(hu + 1024) - 1024 + 160) / 400, 0, 1)
+    np.testing.assert_allclose(crops.images[0][..., 0].numpy() / 255.0, expected, atol=0.5 / 255 + 1e-9)
+    with pytest.raises(ValueError, match="holds Hounsfield units"):
+        ImageFolderCrops(str(data), 64, 1)

@@ -145,6 +145,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         device=args.device,
         quiet=args.quiet,
         init_from=init_from,
+        window=args.window or "",
+        hu_offset=args.hu_offset,
     )
     summary = train(cfg, resume=args.resume)
     print(
@@ -463,6 +465,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="start from the weights of a diffusers folder or a shipped prior (e.g. natural-64), "
         "not random ones; the architecture must match",
     )
+    tr.add_argument(
+        "--window", metavar="PRESET|C,W", help="CT slices in HU (DICOM / --hu-offset): window to [0, 1]"
+    )
+    tr.add_argument("--hu-offset", type=float, default=None, help="16-bit slices store HU + this (e.g. 1024)")
     tr.add_argument("--quiet", action="store_true")
     tr.set_defaults(func=_cmd_train)
     ev = sub.add_parser(

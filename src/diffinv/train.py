@@ -66,6 +66,8 @@ class TrainConfig:
     attention_head_dim: int = 16
     quiet: bool = False
     init_from: str = ""  # a diffusers folder (e.g. a shipped prior) to start from instead of random weights
+    window: str = ""  # CT slices in HU (DICOM, or 16-bit files with hu_offset): window preset or "C,W"
+    hu_offset: float | None = None
     name: str = ""
     notes: dict = field(default_factory=dict)
 
@@ -83,6 +85,10 @@ class TrainConfig:
             raise ValueError(f"need lr > 0 and 0 <= ema_decay < 1, got {self.lr}, {self.ema_decay}")
         if self.schedule not in ("linear", "cosine"):
             raise ValueError(f"schedule must be 'linear' or 'cosine', got {self.schedule!r}")
+        if self.window:
+            from .data.medical import parse_window
+
+            parse_window(self.window)  # an unknown preset or a bad width fails before any work
         if self.data != "ellipses" and not Path(self.data).is_dir():
             raise ValueError(f"data must be an image folder or 'ellipses'; {self.data!r} is not a folder")
 
@@ -122,27 +128,40 @@ class ImageFolderCrops:
     Each image is also kept at half resolution, so crops see both fine texture and larger structure.
     """
 
-    extensions = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+    extensions = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm")
 
-    def __init__(self, folder: str, size: int, channels: int):
+    def __init__(
+        self, folder: str, size: int, channels: int, window: str = "", hu_offset: float | None = None
+    ):
         files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in self.extensions)
         if not files:
             raise ValueError(f"no images ({', '.join(self.extensions)}) in {folder}")
         self.size, self.images = size, []
         for path in files:
+            if path.suffix.lower() == ".dcm" or window or hu_offset is not None:
+                from .data.medical import load_slice  # HU through the window, to 8 bits like the rest
+
+                unit, _ = load_slice(path, window or None, hu_offset)
+                arr = (unit[0, 0].numpy() * 255).round().astype(np.uint8)
+                im = Image.fromarray(arr).convert("RGB" if channels == 3 else "L")
+                self._add(im, size, channels)
+                continue
             try:
                 with Image.open(path) as im:
-                    im = im.convert("RGB" if channels == 3 else "L")
-                    for scale in (1.0, 0.5):
-                        w, h = int(im.width * scale), int(im.height * scale)
-                        if min(w, h) >= size:
-                            arr = np.asarray(im.resize((w, h), Image.BICUBIC) if scale != 1 else im)
-                            self.images.append(torch.from_numpy(arr.reshape(h, w, channels).copy()))
+                    self._add(im.convert("RGB" if channels == 3 else "L"), size, channels)
             except OSError as exc:
                 raise ValueError(f"cannot read training image {path}: {exc}") from exc
         if not self.images:
             raise ValueError(f"no image in {folder} is at least {size}x{size}")
         self.files = files
+
+    def _add(self, im: Image.Image, size: int, channels: int) -> None:
+        """Keep ``im`` at full and half resolution (each where it is at least ``size`` pixels)."""
+        for scale in (1.0, 0.5):
+            w, h = int(im.width * scale), int(im.height * scale)
+            if min(w, h) >= size:
+                arr = np.asarray(im.resize((w, h), Image.BICUBIC) if scale != 1 else im)
+                self.images.append(torch.from_numpy(arr.reshape(h, w, channels).copy()))
 
     def batch(self, n: int, g: torch.Generator) -> torch.Tensor:
         idx = torch.randint(len(self.images), (n,), generator=g)
@@ -175,7 +194,7 @@ def make_data(cfg: TrainConfig):
         if cfg.channels != 1:
             raise ValueError("ellipse phantoms have 1 channel: use --channels 1")
         return EllipseStream(cfg.size)
-    return ImageFolderCrops(cfg.data, cfg.size, cfg.channels)
+    return ImageFolderCrops(cfg.data, cfg.size, cfg.channels, cfg.window, cfg.hu_offset)
 
 
 # ---------------------------------------------------------------------------------------- I/O
