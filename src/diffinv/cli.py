@@ -228,11 +228,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_restore(args: argparse.Namespace) -> int:
     from .restore import check_arguments, restore_files  # (torch-free until restore_files runs)
 
-    # the checks that need no torch: a bad --out or a missing file fails in milliseconds
-    check_arguments(
-        args.inputs,
-        args.task,
-        args.method,
+    shared = dict(
         steps=args.steps,
         sigma_y=args.sigma_y,
         seed=args.seed,
@@ -240,6 +236,8 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         mask=args.mask,
         params=args.param,
     )
+    # the checks that need no torch: a bad --out or a missing file fails in milliseconds
+    check_arguments(args.inputs, args.task, args.method, **shared)
     _check_threads(args.threads)
     previous = _set_threads(args.threads)
     try:
@@ -248,13 +246,7 @@ def _cmd_restore(args: argparse.Namespace) -> int:
             args.task,
             args.method,
             model=args.model,
-            steps=args.steps,
-            sigma_y=args.sigma_y,
-            seed=args.seed,
-            out=args.out,
             measured=args.measured,
-            mask=args.mask,
-            params=args.param,
             device=args.device,
             progress=not args.quiet,
             on_record=None if args.quiet else _print_record,
@@ -265,6 +257,7 @@ def _cmd_restore(args: argparse.Namespace) -> int:
             slice_index=args.slice,
             resize=args.resize,
             tile_batch=args.tile_batch,
+            **shared,
         )
     finally:
         _restore_threads(previous)
