@@ -13,6 +13,14 @@ Data (the script says which it used):
 * natural-64: training statistics from random 64x64 crops of ../shared/data/natural/train/CBSD432,
   held-out seeded crops of ../shared/data/natural/dev/CBSD68 (Berkeley Segmentation Dataset,
   Martin, Fowlkes, Tal, Malik, ICCV 2001).
+* faces-64: CelebA 64x64 crops (box (12, 28, 76, 92)) of the training identities for the
+  statistics, of the held-out dev identities for the test (``diffinv.data.prepare.celeba_split``).
+  CelebA (Liu et al., ICCV 2015): non-commercial research use only.
+* ct-chest-64: the IQ-OTH/NCCD training slices resized to 64x64 for the statistics; the test set
+  is the TCIA dev slices (other patients and scanners, HU) in the soft-tissue window (centre 40,
+  width 400 HU), 4x4 box-averaged to 64x64.
+
+``--prior NAME=PATH`` (repeatable) evaluates a training snapshot under a shipped prior's data.
 
 Usage::
 
@@ -89,11 +97,61 @@ class StationaryWiener:
         return torch.einsum("bdhw,cd->bchw", w0, self.Q) + self.mean.view(1, C, 1, 1)
 
 
-def evaluate(name: str, n: int, quick: bool) -> dict:
-    prior = priors.load(name)
+SHARED = ROOT.parent / "shared" / "data"
+
+
+def _files(folder: Path, names=None) -> list[Path]:
+    if not folder.is_dir():
+        raise SystemExit(f"no folder {folder}: this benchmark needs the shared data folder")
+    if names is not None:
+        return [folder / f for f in names]
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+
+
+def face_crops(split: str, n: int) -> torch.Tensor:
+    from diffinv.data.prepare import CELEBA_BOX, celeba_split
+
+    names = celeba_split(SHARED / "faces" / "celeba_identity.txt")[split][:n]
+    out = []
+    for f in _files(SHARED / "faces" / "celeba", names):
+        with Image.open(f) as im:
+            out.append(
+                torch.from_numpy(np.asarray(im.convert("RGB").crop(CELEBA_BOX)).copy()).permute(2, 0, 1)
+            )
+    return torch.stack(out).double() / 255
+
+
+def chest_train(n: int, size: int) -> torch.Tensor:
+    out = []
+    for f in _files(SHARED / "ct" / "train" / "iqothnccd")[:n]:
+        with Image.open(f) as im:
+            out.append(torch.from_numpy(np.asarray(im.convert("L").resize((size, size), Image.BOX)).copy()))
+    return torch.stack(out)[:, None].double() / 255
+
+
+def chest_dev(n: int, size: int) -> torch.Tensor:
+    from diffinv.data.medical import load_slice
+
+    files = _files(SHARED / "ct" / "dev" / "tcia_hu")
+    picks = [files[round(i * (len(files) - 1) / max(n - 1, 1))] for i in range(min(n, len(files)))]
+    out = [load_slice(f, "soft-tissue", hu_offset=1024)[0].double() for f in picks]
+    return torch.nn.functional.avg_pool2d(torch.cat(out), out[0].shape[-1] // size)
+
+
+def evaluate(name: str, n: int, quick: bool, path: str | None = None) -> dict:
+    prior = priors.load(path or name)
     C, H, W = prior.image_shape
     n_train = 64 if quick else 1024
-    if name.startswith("ct"):
+    if name.startswith("faces"):
+        train, test = face_crops("train", n_train), face_crops("dev", n)
+        source = f"{n_train} CelebA training-identity crops; the first {n} dev-identity crops"
+    elif name == "ct-chest-64":
+        train, test = chest_train(n_train, H), chest_dev(n, H)
+        source = (
+            f"{len(train)} IQ-OTH/NCCD training slices (64x64); {len(test)} TCIA dev slices "
+            "(soft-tissue window 40/400 HU, 64x64)"
+        )
+    elif name.startswith("ct"):
         train = torch.cat(
             [random_phantoms(32, H, torch.Generator().manual_seed(s)) for s in range(n_train // 32)]
         )
@@ -136,7 +194,15 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="small smoke run")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--update-cards", action="store_true", help="write the evidence into the model cards")
+    ap.add_argument(
+        "--prior",
+        action="append",
+        default=[],
+        metavar="NAME[=PATH]",
+        help="evaluate only these (a shipped name, or NAME=PATH for a snapshot with NAME's data)",
+    )
     args = ap.parse_args(argv)
+    chosen = [p.split("=", 1) if "=" in p else (p, None) for p in args.prior]
     n = 8 if args.quick else args.n
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -154,9 +220,9 @@ def main(argv=None) -> int:
         "best linear (stationary Gaussian, colour-PCA) denoiser fitted on the training data.",
     ]
     body = []
-    for name in priors.shipped_priors():
+    for name, path in chosen or [(name, None) for name in priors.shipped_priors()]:
         start = time.time()
-        res = evaluate(name, n, args.quick)
+        res = evaluate(name, n, args.quick, path)
         grid = image_grid(res["samples"], nrow=4).resize((4 * 2 * 66, 4 * 2 * 66), Image.NEAREST)
         png = out / f"prior_quality_{name}.png"
         grid.save(png)

@@ -139,3 +139,15 @@ def test_ct_real_slice_selection_and_window(tmp_path):
     ref = load_image(BUNDLED / "ct_chest_tcia_64.png", channels=1)
     assert x.shape == (1, 1, 64, 64) and float((x - ref).abs().max()) < 1.5 / 255
     assert torch.all((x >= 0) & (x <= 1))
+
+
+def test_prior_quality_quick_on_a_named_prior(tmp_path):
+    """prior_quality.py --prior NAME: the Tweedie-vs-Wiener table for one prior, finite numbers."""
+    run("prior_quality.py", "--quick", "--prior", "ct-ellipses-64", "--out", str(tmp_path))
+    text = (tmp_path / "prior_quality.md").read_text()
+    assert "## ct-ellipses-64" in text and "## natural-64" not in text
+    rows = [line for line in text.splitlines() if re.match(r"\| \d+ \|", line)]
+    assert len(rows) == 5
+    values = [float(v) for line in rows for v in NUMBER.findall(line)]
+    assert values and all(math.isfinite(v) and v >= 0 for v in values)
+    assert (tmp_path / "prior_quality_ct-ellipses-64.png").is_file()
