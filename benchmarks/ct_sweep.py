@@ -65,8 +65,8 @@ from diffinv import priors  # noqa: E402
 from diffinv.data.ellipses import random_phantoms  # noqa: E402
 
 #: Fixed hyperparameters of the sweep (ct.py's values tuned at 6 steps, 8 and 18 views; mcg-vp: the
-#: library's CT default since MCG's step normalisation was fixed -- ct_sweep.md ran with 0.3 in the
-#: old normalisation, about 9 in the new one).
+#: value ct.py's validation grid picks at 25 steps since MCG's step normalisation was fixed --
+#: ct_sweep.md ran with 0.3 in the old normalisation, about 9 in the new one).
 SWEEP_PARAMS = {"score-proj": 0.841, "mcg-vp": 3.0, "mcg-ve": 0.05, "dps": 0.3, "fista-tv": 0.05}
 DEFAULT_GRID = (5, 10, 25, 50)
 #: One colour per method in every panel.

@@ -257,6 +257,8 @@ def _cmd_restore(args: argparse.Namespace) -> int:
             slice_index=args.slice,
             resize=args.resize,
             tile_batch=args.tile_batch,
+            samples=args.samples,
+            save_samples=args.save_samples,
             **shared,
         )
     finally:
@@ -428,6 +430,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="images larger than the prior: up to N windows per network batch [8]",
+    )
+    rs.add_argument(
+        "--samples",
+        type=int,
+        default=1,
+        metavar="K",
+        help="K posterior samples per input, batched: writes their mean, a std heatmap (+ .npy) and, "
+        "with a ground truth, an uncertainty figure [1]",
+    )
+    rs.add_argument(
+        "--save-samples", action="store_true", help="with --samples K > 1: keep each sample's PNG"
     )
     rs.add_argument("--device", default="cpu", help="torch device [cpu]")
     rs.add_argument("--threads", type=int, default=None, help="torch CPU threads [torch's default]")

@@ -444,6 +444,43 @@ def _record(job: _RestoreJob, s: _Settings, solver_params: dict, r, png: Path) -
     }
 
 
+def _write_samples(r, job: _RestoreJob, out: Path, name: str, save_each: bool, written: list[Path]) -> dict:
+    """The files of a K-sample run (std map, std array, figure, samples); their record entries."""
+    import numpy as np
+
+    from . import viz
+    from .data.io import save_image, save_npy_atomic
+    from .evaluate import measurement_view
+
+    post = r.post
+    std_map = post.std[0].pow(2).mean(0).sqrt()  # RMS over channels: one map per image
+    std_png = out / f"{name}_std.png"
+    viz.heatmap(std_map, size=max(128, std_map.shape[-2]), label="posterior std").save(std_png)
+    written.append(std_png)
+    std_npy = out / f"{name}_std.npy"
+    written.append(save_npy_atomic(post.std[0].detach().cpu().numpy().astype(np.float32), std_npy))
+    extra = {
+        "samples": post.n,
+        "sample_metrics": {k: (v if math.isfinite(v) else str(v)) for k, v in r.sample_metrics.items()},
+        "std_mean": float(post.std.mean()),
+        "output_std_png": str(std_png),
+        "output_std_npy": str(std_npy),
+    }
+    if r.x_true is not None:
+        fig = out / f"{name}_uncertainty.png"
+        view = measurement_view(r.y, r.op, r.x_true)
+        viz.uncertainty_figure(view, post.mean, post.std, r.x_true, title=name).save(fig)
+        written.append(fig)
+        extra["output_figure"] = str(fig)
+    if save_each:
+        paths = []
+        for k in range(post.n):
+            paths.append(save_image(post.samples[k].clamp(0, 1), out / f"{name}_sample{k}.png"))
+            written.append(paths[-1])
+        extra["output_samples"] = [str(p) for p in paths]
+    return extra
+
+
 def restore_files(
     inputs: str | os.PathLike | Sequence[str | os.PathLike],
     task: str | None,
@@ -467,6 +504,8 @@ def restore_files(
     slice_index: int | None = None,
     resize: int | bool | None = None,
     tile_batch: int | None = None,
+    samples: int = 1,
+    save_samples: bool = False,
 ) -> list[dict]:
     """Restore image files with one method; write the results under ``out``; return the records.
 
@@ -508,6 +547,13 @@ def restore_files(
         tile_batch: images larger than the prior are restored in windows; up to this many run
             together through the network (default :data:`diffinv.tiling.DEFAULT_TILE_BATCH`).
         slice_index: the slice of a NIfTI volume (last axis).
+        samples: K posterior samples per input (:mod:`diffinv.posterior`, batched through the
+            network). With K > 1 the PNG (and CT ``.npy``) is their mean, ``<name>_std.png`` the
+            per-pixel standard deviation (RMS over channels) as a heatmap with a colour bar,
+            ``<name>_std.npy`` the std (C, H, W) in [0, 1] image units, and with a ground truth
+            ``<name>_uncertainty.png`` shows measurement / mean / std / |error| / ground truth.
+            The record's ``metrics`` score the mean, ``sample_metrics`` one sample (the average).
+        save_samples: with K > 1, also write every sample as ``<name>_sample<k>.png``.
         resize: resize every input to the prior's size (``True``) or to ``resize`` x ``resize``
             pixels before restoring (antialiased bilinear); the record says so. Without it a CT
             slice of another size than the prior's is refused.
@@ -526,6 +572,10 @@ def restore_files(
     paths, params, param_items = check_arguments(
         inputs, task, method, steps=steps, sigma_y=sigma_y, seed=seed, out=out, mask=mask, params=params
     )
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"--samples must be an integer >= 1, got {samples!r}")
+    if save_samples and samples == 1:
+        raise ValueError("--save-samples keeps each of several samples; give --samples K with K > 1")
     from . import pipeline, priors, solvers
     from .config import write_config, write_json_atomic
     from .data.io import load_image, save_image, save_npy_atomic
@@ -612,7 +662,20 @@ def restore_files(
             common = dict(sigma_y=float(sigma_y), seed=seed, steps=steps, progress=progress)
             if tile_batch is not None:  # images larger than the prior: windows per network batch
                 common["tile_batch"] = tile_batch
-            if job.x is not None:
+            if samples > 1:  # K posterior samples, batched; the outputs are their mean
+                from . import posterior
+
+                run = posterior.degrade_and_sample if job.x is not None else posterior.sample_measured
+                r = run(
+                    (job.x if job.x is not None else job.y).to(dev),
+                    job.task if job.x is not None else job.op,
+                    method,
+                    prior,
+                    n=samples,
+                    **common,
+                    **params,
+                )
+            elif job.x is not None:
                 r = pipeline.degrade_and_restore(job.x.to(dev), job.task, method, prior, **common, **params)
             else:
                 r = pipeline.restore_measured(job.y.to(dev), job.op, method, prior, **common, **params)
@@ -620,6 +683,8 @@ def restore_files(
             png = save_image(r.x_hat.clamp(0, 1), out / f"{name}.png")
             written.append(png)
             record = _record(job, s, r.params, r, png)  # the values used (incl. the task's defaults)
+            if samples > 1:
+                record.update(_write_samples(r, job, out, name, save_samples, written))
             info = infos[len(records)]
             if info is not None:  # a medical slice: the restoration in the input's units too
                 npy = out / f"{name}.npy"
@@ -652,6 +717,8 @@ def restore_files(
             "slice": slice_index,
             "resize": resize,
             "tile_batch": tile_batch,
+            "samples": samples,
+            "save_samples": save_samples,
             **(extra_config or {}),
         }
         written.append(write_config(out, "restore", settings))

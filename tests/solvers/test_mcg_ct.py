@@ -44,7 +44,7 @@ def _mcg_vs_fbp(prior, op, x, **params):
 
 # ---------------------------------------------------------------------- defaults beat FBP
 def test_mcg_defaults_beat_fbp_on_a_phantom(ct_prior, ct18):
-    """Measured: 36.7 dB against FBP's 25.1 (25 steps, grad_weight 3: the CT defaults)."""
+    """Measured: 35.2 dB against FBP's 25.1 (the CT defaults: VP, 25 steps, grad_weight 1)."""
     x = random_phantoms(50, 64, generator=torch.Generator().manual_seed(10_000_019))[:1]  # ct.py's test #0
     mcg, fbp, solver = _mcg_vs_fbp(ct_prior, ct18, x)
     assert solver.params == solvers.get_class("mcg").resolve_params("ct", {})
@@ -53,11 +53,11 @@ def test_mcg_defaults_beat_fbp_on_a_phantom(ct_prior, ct18):
 
 
 def test_mcg_defaults_beat_fbp_on_the_real_slice(ct_prior, ct18):
-    """The shipped chest slice (TCIA, soft-tissue window): measured 25.6 dB against FBP's 21.1."""
+    """The shipped chest slice (TCIA, soft-tissue window): measured 25.1 dB against FBP's 21.1."""
     x = load_image(SLICE, channels=1)
     mcg, fbp, solver = _mcg_vs_fbp(ct_prior, ct18, x)
     print(f"\n[mcg ct18 real slice, defaults {solver.params['steps']} steps] {mcg:.2f} dB, FBP {fbp:.2f} dB")
-    assert mcg > fbp + 2.5
+    assert mcg > fbp + 2.0
 
 
 @pytest.mark.slow
@@ -72,8 +72,8 @@ def test_mcg_paper_steps_beat_fbp_on_the_real_slice(ct_prior, ct18):
 
 
 def test_mcg_100_steps_beat_fbp_on_phantoms(ct_prior, ct18):
-    """The issue's other case: 100 steps, grad_weight 1 on phantoms gave 18.9 dB on this one (FBP
-    25.1; 19.8 on three); measured 36.7 dB now."""
+    """The issue's other case: 100 steps, grad_weight 1 on phantoms gave 18.9-20.3 dB on the first
+    three of ct.py's test split (FBP 25.1-30.1); measured 37.8 dB on the first one now."""
     x = random_phantoms(50, 64, generator=torch.Generator().manual_seed(10_000_019))[:1]
     y = ct18.measure(x, 0.0)
     x_hat = solvers.get("mcg", ct_prior, steps=100, grad_weight=1.0)(

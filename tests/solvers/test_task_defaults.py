@@ -70,8 +70,9 @@ def test_explicit_params_override_family_defaults():
     prior = correlated_prior((1, 8, 8))
     mcg = solvers.get_class("mcg")
     ct_vp = mcg.task_defaults["ct"]
+    assert ct_vp["steps"] != mcg.defaults["steps"]
     eff = solvers.get("mcg", prior).effective_params("ct18")
-    assert eff["steps"] == ct_vp["steps"] and eff["grad_weight"] == ct_vp["grad_weight"]
+    assert eff["steps"] == ct_vp["steps"] and eff["grad_weight"] == 1.0  # None resolved to VP's value
     assert eff["weight_matrix"] == "identity"  # "auto" resolved to the value VP uses
     eff = solvers.get("mcg", prior, steps=1000, grad_weight=0.5).effective_params("ct18")
     assert eff["steps"] == 1000 and eff["grad_weight"] == 0.5

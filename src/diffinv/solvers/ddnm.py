@@ -80,6 +80,16 @@ the state x_t at grid position k is pushed back L grid steps with the forward pr
 are redone; this happens ``travel_repeat`` (r) times at each such position (as in RePaint's jump
 schedule), costing r L extra network evaluations per jump point. ``travel_length = 0`` disables it.
 
+Calibration of the spread (:mod:`diffinv.posterior`; tests/solvers/test_posterior_calibration.py: exact Gaussian posterior, correlated
+6x6 prior, 18 of 36 pixels observed, 2000 samples). Nominal 50% / 90% per-pixel intervals cover
+draws of the exact posterior at: DDNM, 100 steps: 0.46 / 0.87, variance ratio 0.98; DDNM
+noise="ddim", 100 steps: 0.56 / 0.94, variance ratio 1.94 (over-dispersed and biased: with a prior
+correlated across the range and null spaces the replacement is not the posterior, and the
+near-nominal coverage is two errors cancelling); DDNM+ with sigma_y = 0.05: 0.23 / 0.50, variance
+ratio 0.46 (the same noise realisation in every sample, see above: its spread misses the
+measurement noise). Where the prior is diagonal in the operator's singular basis, noise="ddim",
+eta = 1, 1000 steps is exact: 0.49 / 0.89, variance ratio 0.97.
+
 Example
 -------
 >>> solver = get("ddnm", prior, steps=100)                                     # doctest: +SKIP

@@ -26,6 +26,11 @@ where ``sigma_y = 0`` (so ``eta_b = 1`` gives ``A x = y`` exactly). Singular val
 operator's ``pinv_threshold`` are treated as zero (unobserved), as its pseudo-inverse does.
 Timesteps: uniform skip over the prior's schedule (``steps`` network evaluations).
 
+Calibration of the spread (:mod:`diffinv.posterior`; tests/solvers/test_posterior_calibration.py: exact Gaussian posterior, correlated
+6x6 prior, 18 of 36 pixels observed, 2000 samples): nominal 50% / 90% per-pixel intervals cover
+draws of the exact posterior at 0.46 / 0.87 (variance ratio 1.32) without noise and 0.44 / 0.85
+(variance ratio 1.07) with sigma_y = 0.05, 20 steps, eta 0.85.
+
 Example
 -------
 >>> solver = get("ddrm", prior, steps=20, eta=0.85, eta_b=1.0)                  # doctest: +SKIP

@@ -26,6 +26,11 @@ small residual norms, so the per-pixel step grows as the image shrinks and a sma
 
 NFE: one network evaluation per step, with back-propagation through it.
 
+Calibration of the spread (:mod:`diffinv.posterior`; tests/solvers/test_posterior_calibration.py: exact Gaussian posterior, correlated
+6x6 prior, 18 of 36 pixels observed, noiseless, 2000 samples): with 200 steps and zeta = 0.2 nominal
+50% / 90% per-pixel intervals cover draws of the exact posterior at 0.43 / 0.83, variance ratio
+0.75 (under-dispersed).
+
 Example
 -------
 >>> solver = get("dps", prior, steps=1000, zeta=1.0)                              # doctest: +SKIP

@@ -75,15 +75,19 @@ Random draws per step: Langevin noise, measurement noise, predictor noise.
 
 Defaults. The paper runs 1000 (VP, ADM) and 2000 (VE, CT) steps. VP steps cannot exceed the prior's
 training steps; the VE grid is continuous beyond them (``Solver.ve_levels``: times between training
-levels, sigma interpolated in log sigma; at most ``MAX_VE_STEPS``), so ``form="ve", steps=2000`` runs
-the paper's CT setting. The generic default is 1000 steps for both forms; per operator family,
-``task_defaults`` (VP) and ``ve_task_defaults`` (VE) replace it and other values unless they are set
-explicitly (see below the class). ``grad_weight=None`` selects the form's
-default: 1.0 for VP (alpha_i = 1 / ||W r|| for ||A|| <= 1, DPS-style) and 0.05 for VE, which is the
-authors' CT weight 0.1 on ``d||A^+ r||/dx`` written in this alpha / ||W r|| * d||W r||^2 convention. ``weight_matrix="auto"`` is W = I for VP (DPS-like; robust to measurement noise, which
-A^+ amplifies for ill-conditioned A) and W = A^+ for VE (the authors' CT code); the two coincide
-for masks. Langevin snr 0.16 (the authors' CT script). Small problems (the Gaussian tests) need smaller alpha:
-the normalised step has a fixed length per iteration, large relative to a 16-pixel image.
+levels, sigma interpolated in log sigma; at most ``MAX_VE_STEPS``), so ``form="ve", steps=2000,
+predictor="reverse-diffusion"`` runs the paper's CT setting. The generic default is 1000 steps for
+both forms. Per operator family (``diffinv.families``), ``task_defaults`` (VP) and
+``ve_task_defaults`` (VE) replace defaults that are not set explicitly; on CT: VP 25 steps, VE 10
+steps with the ancestral predictor (benchmarks/ct.py's validation split; see the class attributes).
+``grad_weight=None`` selects the form's default: 1.0 for VP (alpha_i = 1 / ||W r|| for ||A|| <= 1,
+DPS-style) and 0.05 for VE, which is the authors' CT weight 0.1 on ``d||A^+ r||/dx`` written in this
+alpha / ||W r|| * d||W r||^2 convention. ``weight_matrix="auto"`` is W = I for VP (DPS-like; robust
+to measurement noise, which A^+ amplifies for ill-conditioned A) and W = A^+ for VE (the authors'
+CT code); the two coincide for masks. After a call ``solver.params`` holds the values used (None
+and "auto" resolved). Langevin snr 0.16 (the authors' CT script). Small problems (the Gaussian
+tests) need smaller alpha: the normalised step has a fixed length per iteration, large relative to
+a 16-pixel image.
 
 NFE: VP one evaluation per step (with back-propagation when grad_weight > 0); VE two per step.
 Cost: besides the network, a VE step applies A^+ up to twice (W = A^+ and the null-space
@@ -149,9 +153,11 @@ class MCG(Solver):
         "predictor": "reverse-diffusion",
     }
     #: per operator family, form "vp" (``Solver.task_defaults``). CT: 25 steps (benchmarks/ct.py,
-    #: flat beyond on its validation split) and grad_weight 3, the best of 0 / 0.3 / 1 / 3 / 10 / 30
-    #: on that split at 8 and 18 views (32.6 / 37.3 dB; projection only 28.2 / 35.5, FBP 20.5 / 26.9).
-    task_defaults = {"ct": {"steps": 25, "grad_weight": 3.0}}
+    #: flat beyond on its validation split). grad_weight stays 1: on that split (8 / 18 views) 3 was
+    #: best without noise (32.6 / 37.3 dB against 31.5 / 36.7) but worse with sigma_y = 0.01
+    #: (29.3 / 30.4 against 30.9 / 34.3; projection only 27.7 / 34.2), and 1 also holds at 1000
+    #: steps (27.0 dB on the shipped chest slice, FBP 21.1).
+    task_defaults = {"ct": {"steps": 25}}
     #: per operator family, form "ve": CT as benchmarks/ct.py runs it (10 steps, the ancestral
     #: predictor; its validation grid of grad_weight 0 / 0.05 / 0.2 spanned 0.08 dB, so the authors'
     #: 0.05 stays). ``steps=2000, predictor="reverse-diffusion"`` is the paper's CT setting.

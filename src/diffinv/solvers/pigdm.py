@@ -31,6 +31,11 @@ a full pseudoinverse correction through the (near-identity) Jacobian, so ``A x ~
 
 NFE: one network evaluation per step, with back-propagation through it.
 
+Calibration of the spread (:mod:`diffinv.posterior`; tests/solvers/test_posterior_calibration.py: exact Gaussian posterior, correlated
+6x6 prior, 18 of 36 pixels observed, noiseless, 2000 samples): with 100 steps nominal 50% / 90%
+per-pixel intervals cover draws of the exact posterior at 0.43 / 0.83, variance ratio 0.77
+(under-dispersed).
+
 Example
 -------
 >>> solver = get("pigdm", prior, steps=100, eta=1.0)                              # doctest: +SKIP
