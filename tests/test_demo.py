@@ -36,13 +36,18 @@ def test_demo_fast_writes_figure_and_tables(tmp_path, monkeypatch, capsys):
     expected_methods = {"natural": ["pinv", "DDNM", "MCG"], "ct": ["FBP", "DDNM", "MCG (VE)"]}
     assert rows == [(spec, m) for spec, kind, _ in tasks for m in expected_methods[kind]]
     for r in results:
-        assert math.isfinite(r["psnr"]) and math.isfinite(r["ssim"]) and math.isfinite(r["consistency"])
+        assert (
+            math.isfinite(r["psnr"])
+            and math.isfinite(r["ssim"])
+            and math.isfinite(r["consistency"])
+            and 0 <= r["lpips"] < 2
+        )
         assert r["steps"] == (None if r["solver"] == "pinv" else demo.FAST_STEPS)
     mcg_ct = next(r for r in results if r["method"] == "MCG (VE)")
     assert mcg_ct["params"] == {"form": "ve"} and mcg_ct["nfe"] == 2 * demo.FAST_STEPS
 
     table = (out / "results.md").read_text().splitlines()
-    assert table[0] == "| task | method | PSNR (dB) | SSIM | consistency | NFE | seconds |"
+    assert table[0] == "| task | method | PSNR (dB) | SSIM | LPIPS | consistency | NFE | seconds |"
     assert len(table) == 2 + len(results)
 
     cfg = json.loads((out / "config.json").read_text())

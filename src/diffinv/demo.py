@@ -20,7 +20,7 @@ operator use conjugate gradients instead (larger geometries), the demo caps CG a
 :data:`CT_CG_ITERS` iterations -- ~40x cheaper than the default cap, and early-stopped CG is the usual
 regularised pseudo-inverse for sparse-view CT.
 
-Outputs in ``out``: ``figure.png``, ``results.md`` (task, method, PSNR, SSIM, consistency, NFE,
+Outputs in ``out``: ``figure.png``, ``results.md`` (task, method, PSNR, SSIM, LPIPS, consistency, NFE,
 seconds), ``results.json``, ``config.json`` (``diffinv demo --config`` repeats the run). They are
 written only after every restoration has finished, each atomically.
 """
@@ -96,12 +96,12 @@ def _table(records: list[dict]) -> list[str]:
         return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
 
     lines = [
-        "| task | method | PSNR (dB) | SSIM | consistency | NFE | seconds |",
-        "|---|---|---|---|---|---|---|",
+        "| task | method | PSNR (dB) | SSIM | LPIPS | consistency | NFE | seconds |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         lines.append(
-            f"| {r['task']} | {r['method']} | {fmt(r['psnr'], '.2f')} | {fmt(r['ssim'], '.3f')} | "
+            f"| {r['task']} | {r['method']} | {fmt(r['psnr'], '.2f')} | {fmt(r['ssim'], '.3f')} | {fmt(r.get('lpips'), '.3f')} | "
             f"{fmt(r['consistency'], '.2e')} | {r['nfe']} | {fmt(r['seconds'], '.1f')} |"
         )
     return lines
@@ -173,6 +173,7 @@ def run_demo(
                     "steps": n_steps,
                     "psnr": r.metrics.get("psnr"),
                     "ssim": r.metrics.get("ssim"),
+                    "lpips": r.metrics.get("lpips"),
                     "consistency": r.metrics.get("consistency"),
                     "nfe": r.nfe,
                     "seconds": r.seconds,
