@@ -318,3 +318,24 @@ def test_torchrun_two_processes_match_one(reference, workdir, tiny_prior, image_
             assert (out / "images" / m / png.name).read_bytes() == png.read_bytes()
     assert (out / "figure.png").is_file() and (out / "psnr_bars.png").is_file()
     shutil.rmtree(out)
+
+
+def test_samples_score_the_mean_and_report_one_sample_and_coverage(workdir, capsys):
+    """eval --samples K: the table scores the samples' mean, one-sample scores differ from it,
+    coverage is a fraction, and classical methods (one answer) have none."""
+    out = workdir / "samples"
+    argv = ["eval", "--data", "ellipses:2", "--task", "ct18", "--methods", "pinv,ddnm", "--steps", "3"]
+    assert cli.main([*argv, "--samples", "4", "--out", str(out), "--quiet"]) == 0, capsys.readouterr().err
+    rows = _rows(out)
+    assert set(rows[0]) >= {"psnr_1", "ssim_1", "lpips_1", "coverage90"}
+    for r in rows:
+        if r["method"] == "ddnm":
+            assert 0.0 <= float(r["coverage90"]) <= 1.0
+            assert abs(float(r["psnr"]) - float(r["psnr_1"])) > 1e-6  # the mean is not one of the samples
+        else:
+            assert r["coverage90"] == "" and float(r["psnr_1"]) == pytest.approx(float(r["psnr"]))
+    text = (out / "results.md").read_text()
+    assert "With 4 posterior samples per image" in text and "| ddnm |" in text
+    assert cli.main([*argv, "--samples", "0", "--out", str(workdir / "s0"), "--quiet"]) == 2
+    assert "samples must be an integer >= 1" in capsys.readouterr().err
+    assert not (workdir / "s0").exists()

@@ -215,6 +215,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             window=args.window,
             hu_offset=args.hu_offset,
             resize=args.resize,
+            samples=args.samples,
         )
     finally:
         _restore_threads(previous)
@@ -502,6 +503,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--hu-offset", type=float, default=None, help="16-bit slices store HU + this (e.g. 1024)")
     ev.add_argument(
         "--resize", action="store_true", help="scale each whole image to the crop size instead of cropping"
+    )
+    ev.add_argument(
+        "--samples",
+        type=int,
+        default=1,
+        metavar="K",
+        help="K posterior samples per image (diffusion methods): score their mean, plus one-sample "
+        "scores and the 90%% interval's coverage [1]",
     )
     ev.add_argument(
         "--threads",

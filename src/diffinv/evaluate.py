@@ -72,6 +72,10 @@ RESULT_FILES = ("metrics.csv", "results.md", "figure.png", "psnr_bars.png")
 FIGURE_ROWS = 4
 DEFAULT_CROP = 64
 _STATS = ("psnr", "ssim", "lpips", "consistency", "seconds", "nfe")
+#: with K > 1 posterior samples per image (``samples``): the outputs are the samples' mean, and these
+#: columns add what one sample scores on average and how often the 90% per-pixel interval of the K
+#: samples covers the ground truth (0.9 for a calibrated sampler, up to the K-sample quantile error).
+SAMPLE_COLUMNS = ("psnr_1", "ssim_1", "lpips_1", "coverage90")
 
 
 @dataclass
@@ -266,6 +270,7 @@ def _plan(
     seed: int,
     device: torch.device,
     slices: dict | None = None,
+    samples: int = 1,
 ) -> _Plan:
     """Validate every input and load the images and prior; nothing is written here."""
     from . import priors
@@ -335,6 +340,7 @@ def _plan(
         "model_sha256": None if prior is None else prior_fingerprint(prior),
         "seed": int(seed),
         "slices": slices or None,
+        "samples": samples,
         "diffinv_version": __version__,
     }
     return _Plan(items, methods, prior, config, device)
@@ -477,6 +483,7 @@ def _run_items(
     world: int,
     quiet: bool,
     item_callback: Callable[[dict], None] | None,
+    samples: int = 1,
 ) -> int:
     """Restore this rank's share of the images with every method; returns how many were computed."""
     from tqdm.auto import tqdm
@@ -493,15 +500,23 @@ def _run_items(
                 if png.is_file() and _read_record(rec_path) is not None:
                     bar.update(1)
                     continue
-                r = pipeline.degrade_and_restore(
-                    x,
-                    task,
-                    method,
-                    plan.prior,
-                    sigma_y=sigma_y,
-                    seed=item_seed(seed, item.index),
-                    steps=steps,
-                )
+                sampled = samples > 1 and solvers.get_class(method).needs_prior
+                if sampled:  # K samples batched; x_hat is their mean (classical methods: one answer)
+                    from . import posterior
+
+                    r = posterior.degrade_and_sample(
+                        x, task, method, plan.prior, sigma_y, item_seed(seed, item.index), steps, n=samples
+                    )
+                else:
+                    r = pipeline.degrade_and_restore(
+                        x,
+                        task,
+                        method,
+                        plan.prior,
+                        sigma_y=sigma_y,
+                        seed=item_seed(seed, item.index),
+                        steps=steps,
+                    )
                 gt_png = _image_path(out, GROUND_TRUTH_DIR, item.name)
                 meas_png = _image_path(out, MEASUREMENT_DIR, item.name)
                 if not gt_png.is_file():
@@ -524,6 +539,10 @@ def _run_items(
                     "nfe": int(r.nfe),
                     "solver_params": _jsonable(r.params),  # the values used (incl. the task's defaults)
                 }
+                if samples > 1:
+                    one = r.sample_metrics if sampled else r.metrics
+                    record.update({f"{k}_1": one.get(k) for k in ("psnr", "ssim", "lpips")})
+                    record["coverage90"] = posterior.coverage(r.post, x, 0.9) if sampled else None
                 _write_json(rec_path, record)  # last: its presence means the item is finished
                 computed += 1
                 bar.update(1)
@@ -556,7 +575,7 @@ def summarize(records: list[dict], methods: Sequence[str]) -> dict[str, dict]:
     for method in methods:
         rows = [r for r in records if r["method"] == method]
         entry: dict = {"n": len(rows)}
-        for key in _STATS:
+        for key in _STATS + SAMPLE_COLUMNS:
             vals = [r[key] for r in rows if r.get(key) is not None]
             if vals:
                 a = np.asarray(vals, dtype=np.float64)
@@ -577,6 +596,10 @@ def _fmt(value, spec: str) -> str:
 
 
 _CSV_FORMATS = {
+    "psnr_1": ".6f",
+    "ssim_1": ".6f",
+    "lpips_1": ".6f",
+    "coverage90": ".4f",
     "psnr": ".6f",
     "ssim": ".6f",
     "lpips": ".6f",
@@ -586,11 +609,13 @@ _CSV_FORMATS = {
 }
 
 
-def metrics_csv(records: list[dict]) -> str:
-    """The per-image table (one row per image and method) as CSV text."""
-    lines = [",".join(CSV_COLUMNS)]
+def metrics_csv(records: list[dict], samples: int = 1) -> str:
+    """The per-image table (one row per image and method) as CSV text; with ``samples`` > 1 the
+    metrics score the samples' mean and :data:`SAMPLE_COLUMNS` follow."""
+    columns = CSV_COLUMNS + (SAMPLE_COLUMNS if samples > 1 else ())
+    lines = [",".join(columns)]
     for r in records:
-        cells = [r["image"], r["method"]] + [_fmt(r.get(k), _CSV_FORMATS[k]) for k in CSV_COLUMNS[2:]]
+        cells = [r["image"], r["method"]] + [_fmt(r.get(k), _CSV_FORMATS[k]) for k in columns[2:]]
         lines.append(",".join(cells))
     return "\n".join(lines) + "\n"
 
@@ -630,6 +655,23 @@ def results_markdown(summary: dict[str, dict], config: dict) -> str:
             f"| {_pm(s['consistency_mean'], s['consistency_std'], '.1e')} "
             f"| {_pm(s['seconds_mean'], s['seconds_std'], '.2f')} | {_fmt(s['nfe_mean'], 'g') or 'n/a'} |"
         )
+    k = config.get("samples") or 1
+    if k > 1:
+        lines += [
+            "",
+            f"With {k} posterior samples per image, the table above scores their mean; one sample "
+            "scores on average (and the 90% per-pixel interval of the samples covers the ground truth):",
+            "",
+            "| method | PSNR, 1 sample | SSIM, 1 sample | LPIPS, 1 sample | 90% coverage |",
+            "|---|---|---|---|---|",
+        ]
+        for method, s in summary.items():
+            lines.append(
+                f"| {method} | {_pm(s['psnr_1_mean'], s['psnr_1_std'], '.2f')} "
+                f"| {_pm(s['ssim_1_mean'], s['ssim_1_std'], '.3f')} "
+                f"| {_pm(s['lpips_1_mean'], s['lpips_1_std'], '.3f')} "
+                f"| {_pm(s['coverage90_mean'], s['coverage90_std'], '.3f')} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -709,7 +751,7 @@ def _figure(out: Path, plan: _Plan, records: list[dict], rows: int):
 def _merge(out: Path, plan: _Plan, figure_rows: int) -> dict[str, dict]:
     records = _gather_records(out, plan)
     summary = summarize(records, plan.methods)
-    _write_text(out / "metrics.csv", metrics_csv(records))
+    _write_text(out / "metrics.csv", metrics_csv(records, plan.config.get("samples") or 1))
     _write_text(out / "results.md", results_markdown(summary, plan.config))
     if figure_rows > 0:
         _write_pil(out / "figure.png", _figure(out, plan, records, figure_rows))
@@ -738,6 +780,7 @@ def evaluate(
     window: str | None = None,
     hu_offset: float | None = None,
     resize: bool = False,
+    samples: int = 1,
 ) -> dict[str, dict]:
     """Evaluate ``methods`` on ``task`` over a data set; write the outputs listed in the module
     docstring under ``out`` and return the per-method summary (see :func:`summarize`).
@@ -755,6 +798,9 @@ def evaluate(
     figure_rows: images shown in ``figure.png`` (0: no figure).
     item_callback: called with each finished item's record; an exception raised there stops the
         run and the finished items stay recorded (a rerun resumes).
+    samples: K > 1 draws K posterior samples per image for the diffusion methods (batched,
+        :mod:`diffinv.posterior`): images and metrics are the samples' mean, and the tables add
+        one-sample scores and the 90% interval's coverage of the ground truth.
     window, hu_offset, resize: CT slices in HU (DICOM, or 16-bit PNGs storing HU + ``hu_offset``)
         go through the display ``window`` (preset or ``"C,W"``) to [0, 1]; ``resize`` scales each
         whole slice to the crop size instead of cropping it.
@@ -764,6 +810,9 @@ def evaluate(
     from .preflight import check_output_dir
 
     check_output_dir(out, "out")  # an unusable output folder fails before the prior loads
+    from .posterior import check_samples
+
+    samples = check_samples(samples, "samples")
     slices = {"window": window, "hu_offset": hu_offset, "resize": bool(resize)}
     slices = slices if window or hu_offset is not None or resize else None
     rank, world, local_rank, owns_group = _init_distributed()
@@ -771,7 +820,9 @@ def evaluate(
         dev = _resolve_device(device, local_rank)
         plan = _together(
             world,
-            lambda: _plan(str(data), task, methods, n, crop, sigma_y, steps, model, seed, dev, slices),
+            lambda: _plan(
+                str(data), task, methods, n, crop, sigma_y, steps, model, seed, dev, slices, samples
+            ),
         )
         out_dir = Path(out)
         cli_args = {  # as `diffinv eval` names them, so that `--config OUT/config.json` repeats the run
@@ -790,12 +841,23 @@ def evaluate(
             "window": window,
             "hu_offset": hu_offset,
             "resize": bool(resize),
+            "samples": samples,
         }
         _together(world, lambda: _claim_out(out_dir, plan.config, cli_args, overwrite) if rank == 0 else None)
         _together(
             world,
             lambda: _run_items(
-                plan, plan.config["task"], out_dir, sigma_y, steps, seed, rank, world, quiet, item_callback
+                plan,
+                plan.config["task"],
+                out_dir,
+                sigma_y,
+                steps,
+                seed,
+                rank,
+                world,
+                quiet,
+                item_callback,
+                samples,
             ),
         )
         summary = _together(world, lambda: _merge(out_dir, plan, figure_rows) if rank == 0 else None)
