@@ -338,3 +338,15 @@ def test_entry_point_subprocess(tmp_path):
         "face_189080_sr4_pinv.json",
         "face_189080_sr4_pinv.png",
     ]
+
+
+def test_methods_name_lists_the_defaults_per_task_family(capsys):
+    from diffinv import solvers
+
+    assert main(["methods", "mcg"]) == 0
+    out = capsys.readouterr().out
+    cls = solvers.get_class("mcg")
+    ve_ct = cls.family_defaults("ct", {"form": "ve"})
+    assert "ct (ve) tasks:" in out and all(f"{k}={v!r}" in out for k, v in ve_ct.items())
+    assert main(["methods", "no-such-method"]) == 2
+    assert "unknown method 'no-such-method'" in capsys.readouterr().err

@@ -339,12 +339,34 @@ def _cmd_tasks(args: argparse.Namespace) -> int:
 def _cmd_methods(args: argparse.Namespace) -> int:
     from .catalog import METHODS  # torch-free copy of the solver registry
 
+    if args.method is not None:
+        _print_method_defaults(args.method)
+        return 0
     width = max(len(m.name) for m in METHODS)
     print("methods (--method NAME); [classical] = no prior, [svd] = needs an operator with an SVD:")
     for m in METHODS:
         tags = ("" if m.needs_prior else "[classical] ") + ("[svd] " if m.requires_svd else "")
         print(f"  {m.name:<{width}}  {tags}{m.description}")
     return 0
+
+
+def _print_method_defaults(name: str) -> None:
+    """``diffinv methods NAME``: the generic defaults and each operator family's overrides."""
+    from . import solvers
+    from .families import FAMILIES
+
+    cls = solvers.get_class(name)
+    print(f"{name}: {cls.description}")
+    print("default hyperparameters (--param KEY=VALUE overrides any of them):")
+    print("  " + ", ".join(f"{k}={v!r}" for k, v in cls.defaults.items()))
+    # a solver with several forms (mcg: vp / ve) has family defaults per form
+    variants = [{"form": f} for f in ("vp", "ve")] if "form" in cls.defaults else [{}]
+    for family in FAMILIES:
+        for given in variants:
+            extra = cls.family_defaults(family, dict(given))
+            if extra:
+                label = family + (f" ({given['form']})" if given else "") + " tasks:"
+                print(f"  {label:<20}" + ", ".join(f"{k}={v!r}" for k, v in extra.items()))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -453,7 +475,9 @@ def build_parser() -> argparse.ArgumentParser:
         func=_cmd_models
     )
     sub.add_parser("tasks", help="list degradation specs").set_defaults(func=_cmd_tasks)
-    sub.add_parser("methods", help="list solvers").set_defaults(func=_cmd_methods)
+    me = sub.add_parser("methods", help="list solvers (with a NAME: its defaults per task family)")
+    me.add_argument("method", nargs="?", default=None, metavar="NAME", help="show this solver's defaults")
+    me.set_defaults(func=_cmd_methods)
 
     tr = sub.add_parser("train", help="train a small DDPM prior (diffusers format output)")
     tr.add_argument("--data", required=True, help="image folder, or 'ellipses' for CT phantoms")
