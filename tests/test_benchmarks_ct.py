@@ -124,3 +124,20 @@ def test_ct_sweep_bad_prior_fails_at_once(tmp_path):
         == "error: prior /no/such/prior: no such file or directory: /no/such/prior"
     )
     assert not out.exists()
+
+
+def test_mcg_published_quick(tmp_path):
+    """benchmarks/mcg_published.py --quick: FBP and both MCG-VE settings, finite PSNR, a JSON file."""
+    import json
+
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "mcg_published.py"), "--quick", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = json.loads((tmp_path / "mcg_published.json").read_text())["runs"]
+    assert [r["label"].split(" (")[0] for r in runs] == ["fbp", "mcg-ve ct.py", "mcg-ve paper"]
+    assert all(len(r["psnr"]) == 1 and 0 < r["psnr_mean"] < 100 for r in runs)
