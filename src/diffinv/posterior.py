@@ -344,20 +344,7 @@ def degrade_and_sample(
 
     op = from_spec(task, tuple(x.shape[1:]), seed=seed) if isinstance(task, str) else task
     y = op.measure(x, sigma_y, generator=torch.Generator().manual_seed(int(seed) + 7919))  # as the pipeline
-    post, solver = restore_samples(y, op, method, prior, sigma_y, seed, steps, n, batch, progress, **params)
-    metrics, sample_metrics = _score_samples(post, x, op, y)
-    return SampledRestoration(
-        post.mean,
-        y,
-        op,
-        solver.last_nfe,
-        solver.last_seconds,
-        post,
-        x,
-        metrics,
-        sample_metrics,
-        dict(solver.params),
-    )
+    return _sampled(y, op, x, method, prior, sigma_y, seed, steps, n, batch, progress, **params)
 
 
 def sample_measured(
@@ -374,8 +361,13 @@ def sample_measured(
     **params,
 ) -> SampledRestoration:
     """:func:`diffinv.pipeline.restore_measured` with ``n`` samples (consistency scored only)."""
+    return _sampled(y, op, None, method, prior, sigma_y, seed, steps, n, batch, progress, **params)
+
+
+def _sampled(y, op, x_true, method, prior, sigma_y, seed, steps, n, batch, progress, **params):
+    """``n`` samples of ``y``, scored against ``x_true`` (None: consistency only)."""
     post, solver = restore_samples(y, op, method, prior, sigma_y, seed, steps, n, batch, progress, **params)
-    metrics, sample_metrics = _score_samples(post, None, op, y)
+    metrics, sample_metrics = _score_samples(post, x_true, op, y)
     return SampledRestoration(
         post.mean,
         y,
@@ -383,7 +375,7 @@ def sample_measured(
         solver.last_nfe,
         solver.last_seconds,
         post,
-        None,
+        x_true,
         metrics,
         sample_metrics,
         dict(solver.params),
