@@ -212,7 +212,9 @@ def report(args, command, source, n, results, total, png_name, k, name) -> str:
     lines = [header("Face restoration on unseen CelebA identities", command)]
     lines.append(
         f"- data: {n} faces: {source}\n"
-        f"- prior: `{args.prior}`\n"
+        f"- prior: `{args.prior}`"
+        + (" (trained on CelebA: for non-commercial research only)" if "faces-64" in str(args.prior) else "")
+        + "\n"
         f"- steps: {args.steps if args.steps else 'the library defaults per operator family'} "
         f"(used: {', '.join(sorted(steps))}); other hyperparameters: library defaults\n"
         f"- inpaint-box: the pixels of two boxes removed, {boxes} (0-based, inclusive) of the 64x64 crop, "

@@ -69,14 +69,19 @@ def base_variants(P: int) -> dict[str, tuple[int | None, int | None]]:
 
 
 def load_crops(folder: Path, n: int, size: tuple[int, int], seed: int) -> tuple[torch.Tensor, list[str]]:
-    """``n`` seeded crops of ``size`` (H, W), crop i from image ``3 i mod len(images)``."""
-    if not folder.is_dir():
+    """``n`` seeded crops of ``size`` (H, W), crop i from image ``3 i mod len(images)`` of a folder
+    (or of one image file)."""
+    if not folder.exists():
         raise SystemExit(
             f"error: data folder {folder} not found. This benchmark needs the CBSD68 test images of "
             "the shared data (../shared/data/natural/dev/CBSD68 next to the project); pass --data DIR "
             "to use another folder of images."
         )
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = (
+        [folder]
+        if folder.is_file()
+        else sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    )
     if not files:
         raise SystemExit(f"error: no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
     g = torch.Generator().manual_seed(seed)
