@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .pipeline import Restoration
+
 __all__ = [
     "DEFAULT_QUANTILES",
     "PosteriorSamples",
@@ -298,23 +300,15 @@ def variance_ratio(
 
 # ---------------------------------------------------------------------- restoration with K samples
 @dataclass
-class SampledRestoration:
+class SampledRestoration(Restoration):
     """:class:`diffinv.pipeline.Restoration` with K samples: ``x_hat`` is their mean.
 
     ``metrics`` score the mean; ``sample_metrics`` are each metric averaged over the K samples
     (what one sample scores on average); ``post`` holds the samples and their summary.
     """
 
-    x_hat: torch.Tensor
-    y: torch.Tensor
-    op: object
-    nfe: int
-    seconds: float
-    post: PosteriorSamples
-    x_true: torch.Tensor | None = None
-    metrics: dict = field(default_factory=dict)
+    post: PosteriorSamples | None = None
     sample_metrics: dict = field(default_factory=dict)
-    params: dict = field(default_factory=dict)
 
 
 def _score_samples(post: PosteriorSamples, x_true, op, y) -> tuple[dict, dict]:
@@ -374,9 +368,9 @@ def _sampled(y, op, x_true, method, prior, sigma_y, seed, steps, n, batch, progr
         op,
         solver.last_nfe,
         solver.last_seconds,
-        post,
         x_true,
         metrics,
-        sample_metrics,
         dict(solver.params),
+        post=post,
+        sample_metrics=sample_metrics,
     )

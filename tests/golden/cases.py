@@ -77,6 +77,16 @@ OPERATORS = {
 }
 
 #: explicit few-step parameters per solver variant: (registry name, params)
+#: MCG's parameters that both forms' cases share (spelled out: a change of the defaults must not move them)
+_MCG_SHARED = {
+    "snr": 0.16,
+    "lam": 1.0,
+    "lam_end": 0.6,
+    "lam_schedule": "linear",
+    "ve_projection": "auto",
+    "null_space_grad": True,
+    "predictor": "reverse-diffusion",
+}
 PARAMS: dict[str, tuple[str, dict]] = {
     "pinv": ("pinv", {"use_fbp": True}),
     # converged (stops on tol): an unconverged CG on ct8's ill-conditioned normal equations moves
@@ -100,13 +110,7 @@ PARAMS: dict[str, tuple[str, dict]] = {
             "steps": 4,
             "grad_weight": 1.0,
             "weight_matrix": "identity",
-            "snr": 0.16,
-            "lam": 1.0,
-            "lam_end": 0.6,
-            "lam_schedule": "linear",
-            "ve_projection": "auto",
-            "null_space_grad": True,
-            "predictor": "reverse-diffusion",
+            **_MCG_SHARED,
         },
     ),
     "mcg-ve": (
@@ -116,13 +120,7 @@ PARAMS: dict[str, tuple[str, dict]] = {
             "steps": 4,
             "grad_weight": 0.05,
             "weight_matrix": "pinv",
-            "snr": 0.16,
-            "lam": 1.0,
-            "lam_end": 0.6,
-            "lam_schedule": "linear",
-            "ve_projection": "auto",
-            "null_space_grad": True,
-            "predictor": "reverse-diffusion",
+            **_MCG_SHARED,
         },
     ),
 }
