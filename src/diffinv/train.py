@@ -338,9 +338,14 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         unet.load_state_dict(ckpt["model"])
         ema.load_state_dict(ckpt["ema"])
         opt.load_state_dict(ckpt["optimizer"])
-        state = {"step": int(ckpt["step"]), "losses": list(ckpt["losses"]), "seconds": float(ckpt["seconds"])}
+        state = {
+            "step": int(ckpt["step"]),
+            "losses": ckpt["losses"].cpu().tolist(),
+            "seconds": float(ckpt["seconds"]),
+        }
 
     def save_checkpoint():
+        flush_losses()
         payload = {
             "model": unet.state_dict(),
             "ema": ema.state_dict(),
@@ -356,6 +361,14 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     _atomic(out / "train_config.json", lambda p: p.write_text(json.dumps(dataclasses.asdict(cfg), indent=2)))
     use_bf16 = device.type == "cuda"
     from tqdm.auto import tqdm
+
+    ema_params, model_params = list(ema.parameters()), list(unet.parameters())
+    pending_losses: list[torch.Tensor] = []
+
+    def flush_losses() -> None:
+        if pending_losses:
+            state["losses"].extend(torch.stack(pending_losses).float().cpu().tolist())
+            pending_losses.clear()
 
     bar = tqdm(total=cfg.steps, initial=state["step"], disable=cfg.quiet, desc="train")
     last_ckpt = time.monotonic()
@@ -381,10 +394,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         opt.step()
         with torch.no_grad():
             decay = min(cfg.ema_decay, (1 + step) / (10 + step))  # warm-up of the EMA
-            for pe, pm in zip(ema.parameters(), unet.parameters()):
-                pe.lerp_(pm, 1 - decay)
+            torch._foreach_lerp_(ema_params, model_params, 1 - decay)  # one fused update, not one per tensor
         state["step"] = step + 1
-        state["losses"].append(loss.item())
+        pending_losses.append(loss.detach())
+        if len(pending_losses) >= 50 or not cfg.quiet:  # .item() waits for the GPU: sync every 50 steps
+            flush_losses()
         state["seconds"] = time.monotonic() - t_start
         bar.update(1)
         if not cfg.quiet:
