@@ -144,6 +144,7 @@ def parse_args(argv=None):
         "--prior", default="ct-chest-64", help="prior from the right domain (default ct-chest-64)"
     )
     ap.add_argument("--prior-wrong", default="ct-ellipses-64", help="prior from the wrong domain")
+    ap.add_argument("--window", default=WINDOW, help=f"HU window: preset or C,W (default {WINDOW})")
     ap.add_argument("--data", type=Path, default=DATA_DIR, help="folder of HU+1024 PNG slices, or one file")
     ap.add_argument("--seed", type=int, default=0, help="seed of noise and solvers")
     ap.add_argument("--out", type=Path, default=None, help="output folder (default benchmarks/results)")
@@ -168,7 +169,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     command = command_line([sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
     t_start = time.perf_counter()
-    window = parse_window(WINDOW)
+    window = parse_window(args.window)
     files = pick_files(args.data, args.n)
     x = load_slices(files, window)
     names = [f.stem for f in files]
@@ -233,7 +234,7 @@ def report(args, command, window, names, results, total, png_name, shown) -> str
         + ("" if args.data.is_file() else " spread over the patients of its manifest")
         + f" ({', '.join(names)}); The Cancer Imaging Archive (TCIA: MIDRC-RICORD-1A, CMB-CRC, ACRIN-FLT-Breast "
         f"and others, CC BY 3.0/4.0 per collection), credit TCIA\n"
-        f"- preprocessing: HU = stored - {HU_OFFSET}; {WINDOW} window (centre {window.center:g} HU, width "
+        f"- preprocessing: HU = stored - {HU_OFFSET}; {args.window} window (centre {window.center:g} HU, width "
         f"{window.width:g} HU) to [0, 1], the window the `ct-chest-64` training slices (published windowed) "
         f"resemble; 256x256 -> 64x64 by 4x4 box averaging of the windowed image\n"
         f"- priors: chest = `{args.prior}`, ellipses = `{args.prior_wrong}` (trained on ellipse phantoms: "
