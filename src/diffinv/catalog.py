@@ -11,9 +11,76 @@ added here too.
 
 from __future__ import annotations
 
+import re
 from typing import NamedTuple
 
-__all__ = ["SPECS", "METHODS", "MethodInfo", "method_names", "check_method"]
+__all__ = [
+    "SPECS",
+    "METHODS",
+    "MethodInfo",
+    "TaskInfo",
+    "method_names",
+    "check_method",
+    "parse_task",
+    "default_prior",
+    "is_phantom_data",
+    "NATURAL_PRIOR",
+    "CT_PRIOR",
+]
+
+#: The shipped priors used when none is named: CT tasks and ellipse phantoms, everything else.
+CT_PRIOR, NATURAL_PRIOR = "ct-ellipses-64", "natural-64"
+
+_CT_PART = re.compile(r"ct(\d+)")
+_SR_PART = re.compile(r"sr(\d+)(?:-bicubic)?")
+
+
+class TaskInfo(NamedTuple):
+    """What the rest of the code needs to know about a degradation spec, parsed once.
+
+    >>> parse_task("colorize+sr4")
+    TaskInfo(spec='colorize+sr4', parts=('colorize', 'sr4'), is_ct=False, sr_factor=4, colorize=True)
+    """
+
+    spec: str
+    parts: tuple[str, ...]  # the composed specs, left to right
+    is_ct: bool  # some part is ct<views>
+    sr_factor: int  # product of the super-resolution factors (1 if none)
+    colorize: bool  # some part is colorize: the ground truth is RGB
+
+    @property
+    def channels(self) -> int | None:
+        """Channels the task fixes for its images (1 for CT, 3 for colorize), else None (any)."""
+        return 1 if self.is_ct else 3 if self.colorize else None
+
+
+def parse_task(spec: str | None) -> TaskInfo:
+    """Split ``spec`` on ``+`` and read its CT / super-resolution / colorize parts (no validation:
+    :func:`diffinv.operators.from_spec` refuses malformed specs). ``None`` is the empty task."""
+    parts = tuple(p.strip() for p in spec.split("+")) if spec else ()
+    sr = 1
+    for part in parts:
+        m = _SR_PART.fullmatch(part)
+        if m:
+            sr *= int(m[1])
+    return TaskInfo(
+        spec=spec or "",
+        parts=parts,
+        is_ct=any(_CT_PART.fullmatch(p) for p in parts),
+        sr_factor=sr,
+        colorize="colorize" in parts,
+    )
+
+
+def is_phantom_data(data: str | None) -> bool:
+    """``data`` names generated ellipse phantoms (``ellipses`` or ``ellipses:N``), not a folder."""
+    return data is not None and (str(data) == "ellipses" or str(data).startswith("ellipses:"))
+
+
+def default_prior(task: str | None, data: str | None = None) -> str:
+    """The shipped prior used when none is named: ``ct-ellipses-64`` for CT tasks or ellipse
+    phantom data (``ellipses``, ``ellipses:N``), else ``natural-64``."""
+    return CT_PRIOR if parse_task(task).is_ct or is_phantom_data(data) else NATURAL_PRIOR
 
 #: (form, one-line description), as :func:`diffinv.operators.available_specs` returns them.
 SPECS: list[tuple[str, str]] = [

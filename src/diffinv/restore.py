@@ -24,25 +24,33 @@ Example
 from __future__ import annotations
 
 import math
-import numbers
 import os
-import re
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .preflight import InputWarning, check_input_files, check_output_dir, parse_params
+from .catalog import default_prior, parse_task
+from .preflight import InputWarning, parse_params
+from .restore_checks import (  # noqa: F401  (old names of diffinv.restore)
+    _check_device,
+    _check_mask,
+    _check_param_values,
+    _check_sinogram_dtype,
+    _check_spec,
+    _ct_size_from_bins,
+    _one_line,
+    _param_error,
+    _restore_channels,
+    _with_channels,
+    check_arguments,
+)
 
 if TYPE_CHECKING:  # torch is imported where it is used, so that check_arguments is fast (no torch)
     import torch
 
 __all__ = ["restore_files", "check_arguments"]
-
-_CT_PART = re.compile(r"ct(\d+)")
-_SR_PART = re.compile(r"sr(\d+)(?:-bicubic)?")
-_NATURAL_PRIOR, _CT_PRIOR = "natural-64", "ct-ellipses-64"
 
 
 @dataclass
@@ -72,97 +80,7 @@ class _RestoreJob:
     y: torch.Tensor | None = None
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
-def _check_device(name) -> torch.device:
-    import torch
-
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"unknown device {name!r} ({_one_line(e)})") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {name!r} requested but MPS is not available")
-    return device
-
-
 _parse_params = parse_params  # (kept under its old name: tests and scripts use it)
-
-
-def _spec_parts(spec: str) -> list[str]:
-    return [p.strip() for p in spec.split("+")]
-
-
-def _is_ct(spec: str | None) -> bool:
-    return spec is not None and any(_CT_PART.fullmatch(p) for p in _spec_parts(spec))
-
-
-def _sr_factor(spec: str | None) -> int:
-    """Product of the super-resolution factors in a spec (1 if none)."""
-    k = 1
-    for part in _spec_parts(spec) if spec else []:
-        m = _SR_PART.fullmatch(part)
-        if m:
-            k *= int(m[1])
-    return k
-
-
-def _with_channels(t: torch.Tensor, want: int | None, path: Path, why: str) -> torch.Tensor:
-    """``t`` with ``want`` channels: an RGB file whose channels are equal counts as grayscale."""
-    import torch
-
-    have = t.shape[1]
-    if want is None or have == want:
-        return t
-    if want == 1 and have == 3:
-        if torch.equal(t[:, :1].expand_as(t), t):
-            return t[:, :1].contiguous()
-        raise ValueError(f"{path} is a colour image, but {why}")
-    raise ValueError(f"{path} is a grayscale image, but {why}")
-
-
-def _ct_size_from_bins(bins: int) -> int | None:
-    """The image size N whose default detector has ``bins = ceil(N sqrt 2)`` bins, if any."""
-    n = max(1, math.floor(bins / math.sqrt(2.0)))
-    for cand in (n - 1, n, n + 1):
-        if cand >= 1 and math.ceil(cand * math.sqrt(2.0)) == bins:
-            return cand
-    return None
-
-
-def _check_spec(spec: str, seed: int) -> None:
-    """Refuse an unknown/malformed task before anything is loaded (built on a stand-in shape)."""
-    from .operators import from_spec
-
-    if _is_ct(spec):
-        if len(_spec_parts(spec)) > 1:
-            raise ValueError(f"task {spec!r}: CT cannot be composed with other degradations")
-        return
-    k = _sr_factor(spec)
-    from_spec(spec, (3, 64 * k, 64 * k), seed=seed)
-
-
-def _restore_channels(spec: str | None, prior, model: str | None) -> tuple[int | None, str]:
-    """Channels of the images to restore (None: any), and why (for error messages)."""
-    c = prior.image_shape[0] if prior is not None else None
-    if _is_ct(spec):
-        if c not in (None, 1):
-            raise ValueError(
-                f"task {spec} reconstructs 1-channel images, but the prior {model} has {c} channels"
-            )
-        return 1, f"{spec} reconstructs single-channel (grayscale) images"
-    if spec and "colorize" in _spec_parts(spec):
-        if c not in (None, 3):
-            raise ValueError(f"colorize needs an RGB (3-channel) prior; {model} has {c} channel(s)")
-        return 3, "colorize needs an RGB ground truth to degrade"
-    if c is not None:
-        kind = "an RGB" if c == 3 else f"a {c}-channel"
-        return c, f"the prior {model} is {kind} model (a classical method such as pinv takes any image)"
-    return None, ""
 
 
 def _prepare_clean(path: Path, raw: torch.Tensor, s: _Settings, prior, channels, why) -> _RestoreJob:
@@ -171,13 +89,13 @@ def _prepare_clean(path: Path, raw: torch.Tensor, s: _Settings, prior, channels,
 
     x = _with_channels(raw, channels, path, why)
     C, H, W = x.shape[1:]
-    if _is_ct(s.task) and prior is not None and (H, W) != tuple(prior.image_shape[1:]):
+    if parse_task(s.task).is_ct and prior is not None and (H, W) != tuple(prior.image_shape[1:]):
         ph, pw = prior.image_shape[1:]
         raise ValueError(
             f"{path} is {H}x{W}, but the prior {s.model} reconstructs CT images of size {ph}x{pw} only "
             f"(--resize scales it to {ph}x{pw}; or use a classical method such as pinv / fista-tv)"
         )
-    k = _sr_factor(s.task)
+    k = parse_task(s.task).sr_factor
     if k > 1 and (H % k or W % k):
         raise ValueError(
             f"{path}: image size {H}x{W} is not divisible by the super-resolution factor {k} of "
@@ -196,7 +114,7 @@ def _prepare_measured(path: Path, raw: torch.Tensor, s: _Settings, prior, channe
 
     y = raw
     spec = s.task
-    if _is_ct(spec):
+    if parse_task(spec).is_ct:
         if y.shape[1] != 1:
             raise ValueError(
                 f"{path}: a {spec} sinogram must be an array of shape (views, bins) or (1, views, bins), "
@@ -217,12 +135,12 @@ def _prepare_measured(path: Path, raw: torch.Tensor, s: _Settings, prior, channe
                 raise ValueError(f"{path}: {bins} detector bins is not ceil(N*sqrt(2)) for any image size N")
         shape = (1, n, n)
     else:
-        colorize = bool(spec) and "colorize" in _spec_parts(spec)
+        colorize = parse_task(spec).colorize
         if colorize:
             y = _with_channels(y, 1, path, "colorize --measured expects the grayscale observation")
         elif channels is not None and y.shape[1] != channels:
             y = _with_channels(y, channels, path, why)
-        k = _sr_factor(spec)
+        k = parse_task(spec).sr_factor
         c = channels if channels is not None else (3 if colorize else y.shape[1])
         shape = (c, y.shape[-2] * k, y.shape[-1] * k)
     if s.mask:
@@ -239,155 +157,6 @@ def _prepare_measured(path: Path, raw: torch.Tensor, s: _Settings, prior, channe
     if isinstance(op, Inpaint):
         y = op.A(y)  # the missing pixels of a damaged photo carry no information: zero them
     return _RestoreJob(path, label, op, op, y=y)
-
-
-def check_arguments(
-    inputs: str | os.PathLike | Sequence[str | os.PathLike],
-    task: str | None,
-    method: str = "ddnm",
-    *,
-    steps: int | None = None,
-    sigma_y: float = 0.0,
-    seed: int = 0,
-    out: str | os.PathLike = "out/restore",
-    mask: str | os.PathLike | None = None,
-    params: Mapping[str, object] | Sequence[str] | None = None,
-) -> tuple[list[Path], dict, list[str] | None]:
-    """The checks of :func:`restore_files` that need neither torch nor a prior (milliseconds).
-
-    Checks the settings (a ``--config`` file may have supplied any of them, so their types too),
-    that every INPUT and the mask are readable files, the ``--param`` syntax, the method name and
-    that ``out`` is or can become a writable folder; creates nothing.
-
-    Returns:
-        The input paths, the parsed solver parameters and the ``--param`` strings to store in
-        ``config.json`` (None when no parameters were given).
-
-    Raises:
-        ValueError: (one line) the first problem found.
-    """
-    from .catalog import check_method
-
-    if isinstance(inputs, (str, os.PathLike)):
-        inputs = [inputs]
-    paths = [Path(p) for p in (inputs or [])]
-    if not paths:
-        raise ValueError("no INPUT given (an image, or with --measured an observation / .npy sinogram)")
-    if task is None and not mask:
-        raise ValueError("--task is required (e.g. sr4, inpaint-box, colorize, ct30; see 'diffinv tasks')")
-    if mask and task is not None and not task.startswith("inpaint"):
-        raise ValueError(f"--mask defines an inpainting task; it cannot be combined with --task {task}")
-    if not isinstance(sigma_y, (int, float)) or not math.isfinite(sigma_y) or sigma_y < 0:
-        raise ValueError(f"--sigma-y must be a finite number >= 0, got {sigma_y}")
-    if steps is not None and (not isinstance(steps, int) or steps < 1):
-        raise ValueError(f"--steps must be a positive integer, got {steps}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"--seed must be an integer, got {seed!r}")
-    if mask:
-        check_input_files([mask], "mask file")
-    check_input_files(paths, "input file")
-    stems: dict[str, Path] = {}
-    for p in paths:
-        if p.stem in stems:
-            raise ValueError(
-                f"inputs {stems[p.stem]} and {p} would write the same output names ({p.stem}_...)"
-            )
-        stems[p.stem] = p
-    if isinstance(params, Mapping):
-        param_items = [f"{k}={v}" for k, v in params.items()]
-        parsed = {str(k).replace("-", "_"): v for k, v in params.items()}
-    else:
-        param_items = None if params is None else [str(p) for p in params]
-        parsed = parse_params(param_items)
-    check_method(method)
-    check_output_dir(out)
-    return paths, parsed, param_items
-
-
-def _check_param_values(params: dict, method_cls) -> None:
-    """Refuse unknown solver parameters, and values of the wrong kind for numeric / boolean ones.
-
-    Runs before the prior is loaded; the solver's own checks (ranges, ...) run once it is built.
-    """
-    defaults = method_cls.defaults
-    unknown = sorted(set(params) - set(defaults))
-    if unknown:
-        raise ValueError(
-            f"unknown parameter(s) {unknown} for method {method_cls.name!r}; "
-            f"accepted: {sorted(defaults) or 'none'}"
-        )
-    for key, value in params.items():
-        default = defaults[key]
-        if isinstance(default, bool):
-            ok, want = isinstance(value, bool), "true or false"
-        elif isinstance(default, (int, float)):
-            ok, want = isinstance(value, numbers.Real) and not isinstance(value, bool), "a number"
-        else:  # a string or None default: the solver checks the value
-            continue
-        if not ok:
-            raise ValueError(f"--param {key}={value!r}: {key} of method {method_cls.name!r} must be {want}")
-
-
-def _param_error(exc: BaseException, params: dict, method_cls) -> ValueError:
-    """A solver's parameter error, naming the parameter when the solver's message does not.
-
-    (``float("abc")`` inside a solver says only "could not convert string to float: 'abc'".)
-    """
-    msg = _one_line(exc)
-    if any(key in msg for key in params):
-        return ValueError(msg)
-    # suspects: text given for a parameter whose default is not text (None defaults are numbers so far)
-    suspects = [
-        k for k, v in params.items() if isinstance(v, str) and not isinstance(method_cls.defaults.get(k), str)
-    ]
-    if not suspects:
-        return ValueError(msg)
-    given = ", ".join(f"{k}={params[k]!r}" for k in suspects)
-    return ValueError(f"--param {given}: {msg}")
-
-
-def _check_mask(mask: str | os.PathLike) -> str | None:
-    """Read the mask before the prior is loaded; a warning when it keeps no pixel, or every pixel."""
-    import torch
-    from PIL import Image
-
-    from .operators import Inpaint
-
-    try:
-        with Image.open(mask) as im:
-            w, h = im.size
-    except OSError as e:  # (UnidentifiedImageError is an OSError)
-        raise ValueError(f"cannot read mask image {os.fspath(mask)!r}: {_one_line(e)}") from None
-    kept = float(Inpaint.from_png(mask, (1, h, w)).A(torch.ones(1, 1, h, w)).mean())
-    if kept == 0.0:
-        return (
-            f"mask {os.fspath(mask)} keeps no pixel (all black = missing): "
-            "the result does not depend on the input"
-        )
-    if kept == 1.0:
-        return f"mask {os.fspath(mask)} keeps every pixel (all white = keep): there is nothing to inpaint"
-    return None
-
-
-def _check_sinogram_dtype(path: Path) -> None:
-    """Refuse integer and boolean ``.npy`` sinograms.
-
-    ``load_image`` scales integer arrays by their dtype's maximum (right for images, wrong for
-    line integrals: a uint16 sinogram would silently be divided by 65535).
-    """
-    if path.suffix.lower() != ".npy":
-        return
-    import numpy as np
-
-    try:
-        dtype = np.load(path, mmap_mode="r", allow_pickle=False).dtype
-    except Exception:  # unreadable or not an array: load_image reports it, with its own message
-        return
-    if not np.issubdtype(dtype, np.floating):
-        raise ValueError(
-            f"{path}: a CT sinogram must hold float line integrals, got {dtype} data "
-            "(integer arrays would be divided by their type's maximum); save it as float32 / float64"
-        )
 
 
 def _resize_inputs(raws: list, resize: int | bool, prior, measured: bool) -> tuple[list, list]:
@@ -609,7 +378,7 @@ def restore_files(
     raws, infos = [], []
     for path in paths:
         try:
-            if measured and _is_ct(task):
+            if measured and parse_task(task).is_ct:
                 _check_sinogram_dtype(path)
             if not measured and (medical.is_medical(path) or win is not None or hu_offset is not None):
                 raw, info = medical.load_slice(path, win, hu_offset, slice_index)
@@ -626,7 +395,7 @@ def restore_files(
     # --- prior (only for diffusion methods), then every input checked against it
     prior = None
     if method_cls.needs_prior:
-        model = model or (_CT_PRIOR if _is_ct(task) else _NATURAL_PRIOR)
+        model = model or default_prior(task)
         prior = priors.load(model, device=None if dev.type == "cpu" else dev)
     else:
         model = None

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .data.training import EllipseStream, ImageFolderCrops, training_stream  # noqa: F401
 from .priors.schedules import VPSchedule
 
 # ---------------------------------------------------------------------------------------- config
@@ -122,79 +123,9 @@ def make_schedule(cfg: TrainConfig) -> VPSchedule:
 # ---------------------------------------------------------------------------------------- data
 
 
-class ImageFolderCrops:
-    """Random crops (and horizontal flips) from every image of a folder, held in memory as uint8.
-
-    Each image is also kept at half resolution, so crops see both fine texture and larger structure.
-    """
-
-    extensions = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm")
-
-    def __init__(
-        self, folder: str, size: int, channels: int, window: str = "", hu_offset: float | None = None
-    ):
-        files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in self.extensions)
-        if not files:
-            raise ValueError(f"no images ({', '.join(self.extensions)}) in {folder}")
-        self.size, self.images = size, []
-        for path in files:
-            if path.suffix.lower() == ".dcm" or window or hu_offset is not None:
-                from .data.medical import load_slice  # HU through the window, to 8 bits like the rest
-
-                unit, _ = load_slice(path, window or None, hu_offset)
-                arr = (unit[0, 0].numpy() * 255).round().astype(np.uint8)
-                im = Image.fromarray(arr).convert("RGB" if channels == 3 else "L")
-                self._add(im, size, channels)
-                continue
-            try:
-                with Image.open(path) as im:
-                    self._add(im.convert("RGB" if channels == 3 else "L"), size, channels)
-            except OSError as exc:
-                raise ValueError(f"cannot read training image {path}: {exc}") from exc
-        if not self.images:
-            raise ValueError(f"no image in {folder} is at least {size}x{size}")
-        self.files = files
-
-    def _add(self, im: Image.Image, size: int, channels: int) -> None:
-        """Keep ``im`` at full and half resolution (each where it is at least ``size`` pixels)."""
-        for scale in (1.0, 0.5):
-            w, h = int(im.width * scale), int(im.height * scale)
-            if min(w, h) >= size:
-                arr = np.asarray(im.resize((w, h), Image.BICUBIC) if scale != 1 else im)
-                self.images.append(torch.from_numpy(arr.reshape(h, w, channels).copy()))
-
-    def batch(self, n: int, g: torch.Generator) -> torch.Tensor:
-        idx = torch.randint(len(self.images), (n,), generator=g)
-        out = []
-        for i in idx.tolist():
-            im = self.images[i]
-            top = int(torch.randint(im.shape[0] - self.size + 1, (1,), generator=g))
-            left = int(torch.randint(im.shape[1] - self.size + 1, (1,), generator=g))
-            crop = im[top : top + self.size, left : left + self.size].permute(2, 0, 1)
-            if bool(torch.rand(1, generator=g) < 0.5):
-                crop = crop.flip(-1)
-            out.append(crop)
-        return torch.stack(out).float() / 255.0
-
-
-class EllipseStream:
-    """Random ellipse phantoms (``diffinv.data.ellipses``) with random flips."""
-
-    def __init__(self, size: int):
-        self.size = size
-
-    def batch(self, n: int, g: torch.Generator) -> torch.Tensor:
-        from .data.ellipses import random_phantoms
-
-        return random_phantoms(n, self.size, generator=g)
-
-
 def make_data(cfg: TrainConfig):
-    if cfg.data == "ellipses":
-        if cfg.channels != 1:
-            raise ValueError("ellipse phantoms have 1 channel: use --channels 1")
-        return EllipseStream(cfg.size)
-    return ImageFolderCrops(cfg.data, cfg.size, cfg.channels, cfg.window, cfg.hu_offset)
+    """The training stream of ``cfg.data``: ellipse phantoms, or random crops of an image folder."""
+    return training_stream(cfg.data, cfg.size, cfg.channels, cfg.window, cfg.hu_offset)
 
 
 # ---------------------------------------------------------------------------------------- I/O
@@ -304,6 +235,26 @@ def _init_weights(unet, folder: Path) -> None:
         ) from exc
 
 
+def denoising_loss(
+    unet, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, alphas_cumprod: torch.Tensor, bf16: bool
+) -> torch.Tensor:
+    """Ho et al. eq. 14: || eps - eps_theta(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t) ||^2 (mean)."""
+    ab = alphas_cumprod[t].view(-1, 1, 1, 1)
+    x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+    with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled=bf16):
+        pred = unet(x_t, t).sample
+    return torch.nn.functional.mse_loss(pred.float(), eps)
+
+
+def optimise(unet, opt: torch.optim.Optimizer, loss: torch.Tensor, grad_clip: float) -> torch.Tensor:
+    """One optimiser step on ``loss`` with the gradient norm clipped to ``grad_clip``; returns ``loss``."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(unet.parameters(), grad_clip)
+    opt.step()
+    return loss
+
+
 def _step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
@@ -381,17 +332,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         x0 = data.batch(cfg.batch, g).to(device) * 2 - 1  # model space [-1, 1]
         t = torch.randint(0, cfg.T, (cfg.batch,), generator=g).to(device)
         eps = torch.randn(x0.shape, generator=g).to(device)
-        ab = ab_all[t].view(-1, 1, 1, 1)
-        x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
         for group in opt.param_groups:
             group["lr"] = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            pred = unet(x_t, t).sample
-        loss = torch.nn.functional.mse_loss(pred.float(), eps)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.grad_clip)
-        opt.step()
+        loss = optimise(unet, opt, denoising_loss(unet, x0, t, eps, ab_all, use_bf16), cfg.grad_clip)
         with torch.no_grad():
             decay = min(cfg.ema_decay, (1 + step) / (10 + step))  # warm-up of the EMA
             torch._foreach_lerp_(ema_params, model_params, 1 - decay)  # one fused update, not one per tensor

@@ -1,0 +1,140 @@
+"""The images of ``diffinv eval``: the first files of a folder, cropped at seeded positions, or
+held-out ellipse phantoms; and the per-image seeds every run derives from (so a resumed or
+distributed run draws exactly what a single one would)."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .data.io import IMAGE_SUFFIXES, load_image
+
+#: generator seeds of evaluation phantoms start here, far from the (seed * 1_000_003 + step)
+#: seeds ``diffinv train`` draws its training phantoms from, so evaluation images are held out.
+HELD_OUT_SEED_OFFSET = 7_000_000_000_000
+
+
+@dataclass
+class _Item:
+    """One evaluation image: its index, output name, source and the crop to degrade (1, C, S, S)."""
+
+    index: int
+    name: str
+    source: str
+    x: torch.Tensor
+
+
+# ------------------------------------------------------------------------------------ seeds
+def item_seed(seed: int, index: int) -> int:
+    """The seed of image ``index``'s crop position, operator, measurement noise and solver."""
+    return (int(seed) * 1_000_003 + int(index)) % (2**62)
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator(device="cpu").manual_seed(int(seed))
+
+
+# ------------------------------------------------------------------------------------ data
+def _parse_ellipses(data: str, n: int | None) -> int | None:
+    """The number of phantoms if ``data`` names phantoms ("ellipses:N", or "ellipses" with n)."""
+    if data == "ellipses":
+        if n is None:
+            raise ValueError("data 'ellipses' needs a count: use ellipses:N (or give n)")
+        return n
+    match = re.fullmatch(r"ellipses:(\d+)", data)
+    if match is None:
+        if data.startswith("ellipses:"):
+            raise ValueError(f"malformed data {data!r}: use ellipses:N with a positive integer N")
+        return None
+    count = int(match.group(1))
+    if count < 1:
+        raise ValueError(f"data {data!r} asks for no phantoms: use ellipses:N with N >= 1")
+    return count
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """The image files (png, jpg, tif, bmp) directly in ``folder``, sorted by name (hidden ones skipped)."""
+    p = Path(folder)
+    if not p.exists():
+        raise ValueError(f"data folder not found: {p}")
+    if not p.is_dir():
+        raise ValueError(f"data must be an image folder or ellipses:N; {p} is not a folder")
+    files = sorted(
+        f
+        for f in p.iterdir()
+        if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_SUFFIXES + (".dcm",)
+    )
+    if not files:
+        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in data folder {p}")
+    return files
+
+
+def _first_files(data: str, n: int | None) -> list[Path]:
+    """The first ``n`` image files of the folder ``data`` (all when ``n`` is None)."""
+    files = list_images(data)
+    if n is not None and n > len(files):
+        raise ValueError(f"asked for the first {n} images but {data} holds only {len(files)}")
+    return files[: len(files) if n is None else n]
+
+
+def _safe_stem(stem: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._") or "image"
+
+
+def crop_image(x: torch.Tensor, crop: int, seed: int, index: int, source: str = "image") -> torch.Tensor:
+    """A ``crop`` x ``crop`` window of ``x`` (1, C, H, W) at a position seeded by (seed, index)."""
+    H, W = x.shape[-2:]
+    if H < crop or W < crop:
+        raise ValueError(f"{source} is {H}x{W}, smaller than the {crop}x{crop} crop; use a smaller crop")
+    g = _generator(item_seed(seed, index) + 1)
+    top = int(torch.randint(0, H - crop + 1, (1,), generator=g))
+    left = int(torch.randint(0, W - crop + 1, (1,), generator=g))
+    return x[..., top : top + crop, left : left + crop].clamp(0, 1).contiguous()
+
+
+def load_items(
+    data: str, n: int | None, crop: int, channels: int, seed: int, slices: dict | None = None
+) -> list[_Item]:
+    """The evaluation images: the first ``n`` files of a folder (sorted) cropped, or phantoms.
+
+    ``slices`` (``{"window": ..., "hu_offset": ..., "resize": bool}``) reads CT slices in HU
+    through a window (:func:`diffinv.data.medical.load_slice`; DICOM always goes this way) and,
+    with ``resize``, scales each whole slice to ``crop`` x ``crop`` instead of cropping it.
+    """
+    count = _parse_ellipses(str(data), n)
+    if count is not None:
+        from .data.ellipses import random_phantoms
+
+        if channels != 1:
+            raise ValueError(f"ellipse phantoms are grayscale, but the model expects {channels} channels")
+        if n is not None and n > count:
+            raise ValueError(f"asked for the first {n} images but {data} has only {count}")
+        items = []
+        for i in range(count if n is None else n):
+            g = _generator(HELD_OUT_SEED_OFFSET + item_seed(seed, i))
+            x = random_phantoms(1, size=crop, generator=g)
+            items.append(_Item(i, f"{i:04d}_ellipse", f"ellipses:{count}", x))
+        return items
+    files = _first_files(data, n)
+    slices = slices or {}
+    items = []
+    for i, f in enumerate(files):
+        if f.suffix.lower() == ".dcm" or slices.get("window") or slices.get("hu_offset") is not None:
+            from .data.medical import load_slice
+
+            x, _ = load_slice(f, slices.get("window"), slices.get("hu_offset"))
+            x = x.expand(-1, channels, -1, -1).contiguous()
+        else:
+            x = load_image(f, channels=channels)
+        if slices.get("resize"):
+            x = torch.nn.functional.interpolate(
+                x, size=(crop, crop), mode="bilinear", antialias=True, align_corners=False
+            ).clamp(0, 1)
+        else:
+            x = crop_image(x, crop, seed, i, str(f))
+        items.append(_Item(i, f"{i:04d}_{_safe_stem(f.stem)}", f.name, x))
+    return items
