@@ -536,3 +536,16 @@ def test_pipeline_tiles_automatically():
     assert torch.allclose(r3.x_hat, r2.x_hat, atol=1e-10)
     base = pipeline.restore_measured(r.y, r.op, "pinv", prior)  # no prior used: whole image at once
     assert base.x_hat.shape == x.shape
+
+
+# ------------------------------------------------------------------------ layering (issue 13)
+def test_tiling_knows_no_concrete_operator():
+    """Operators restrict themselves to windows; the tiling package imports only the base classes."""
+    from diffinv import solvers as solvers_pkg
+
+    for path in Path(tiling.__file__).parent.glob("*.py"):
+        modules = re.findall(r"^\s*from \.\.operators\.(\w+) import", path.read_text(), flags=re.M)
+        assert set(modules) <= {"base", "cg"}, f"{path.name} imports operators.{modules}"
+    consistent = {n for n in solvers_pkg.available() if solvers_pkg.get_class(n).ends_consistent}
+    assert {"ddnm", "ddnm+", "ddrm", "mcg", "score-proj"} <= consistent  # the old PROJECTING_METHODS
+    assert not consistent & {"ddim", "dps", "pigdm", "pinv", "fista-tv", "cg-tikhonov"}

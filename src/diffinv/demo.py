@@ -143,7 +143,7 @@ def run_demo(
     for spec, kind, y_label in DEMO_TASKS:
         x = images[kind]
         op = from_spec(spec, tuple(x.shape[1:]), seed=seed)
-        if hasattr(op, "fbp"):
+        if kind == "ct":
             op.cg_iters = CT_CG_ITERS
         row, y = [], None
         for label, method, params in DEMO_METHODS[kind]:

@@ -77,8 +77,9 @@ OPERATORS = {
 }
 
 #: explicit few-step parameters per solver variant: (registry name, params)
-#: MCG's parameters that both forms' cases share (spelled out: a change of the defaults must not move them)
-_MCG_SHARED = {
+#: the parameters of MCG's VE form (spelled out: a change of the defaults must not move them); the VP
+#: form takes none of them (a parameter of the other form is an error)
+_MCG_VE = {
     "snr": 0.16,
     "lam": 1.0,
     "lam_end": 0.6,
@@ -110,7 +111,6 @@ PARAMS: dict[str, tuple[str, dict]] = {
             "steps": 4,
             "grad_weight": 1.0,
             "weight_matrix": "identity",
-            **_MCG_SHARED,
         },
     ),
     "mcg-ve": (
@@ -120,7 +120,7 @@ PARAMS: dict[str, tuple[str, dict]] = {
             "steps": 4,
             "grad_weight": 0.05,
             "weight_matrix": "pinv",
-            **_MCG_SHARED,
+            **_MCG_VE,
         },
     ),
 }

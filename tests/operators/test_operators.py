@@ -27,6 +27,7 @@ from diffinv.operators import (
     from_spec,
     gaussian_kernel,
 )
+from diffinv.operators.base import dense_matrix
 
 F64 = torch.float64
 RGB = (3, 16, 16)
@@ -606,3 +607,40 @@ def test_spec_integer_parameters_out_of_range_name_the_valid_range(spec, shape, 
 def test_spec_integer_parameters_at_the_range_ends_build():
     assert from_spec("sr2", (1, 8, 8)).out_shape == (1, 4, 4)
     assert from_spec("ct1", (1, 8, 8)).out_shape[-2] == 1
+
+
+# ------------------------------------------------------------------ abilities (issue 13)
+@pytest.mark.parametrize("spec", ["sr4", "inpaint-box", "deblur-gauss", "colorize+sr4", "sr2+deblur-gauss"])
+def test_damped_pinv_matches_dense(spec):
+    """SVD operators (spectral form) and composites (the default CG) give A^T (A A^T + g I)^-1 r."""
+    op = from_spec(spec, RGB)
+    M = dense_matrix(op)
+    r = torch.randn(2, *op.out_shape, dtype=F64, generator=torch.Generator().manual_seed(0))
+    gamma = 0.3
+    eye = torch.eye(M.shape[0], dtype=F64)
+    ref = (M.T @ torch.linalg.solve(M @ M.T + gamma * eye, r.reshape(2, -1).T)).T.reshape(2, *op.in_shape)
+    got = op.damped_pinv(r, gamma)
+    assert float((got - ref).norm() / ref.norm()) <= 1e-8
+    assert torch.equal(op.damped_pinv(r, 0.0), op.pinv(r))
+    assert float(op.damped_pinv(r, float("inf")).abs().max()) == 0.0
+    with pytest.raises(ValueError, match="gamma must be >= 0"):
+        op.damped_pinv(r, -1.0)
+
+
+def test_spectral_view_initial_estimate_and_window_rule():
+    sr4, chain, cs = from_spec("sr4", RGB), from_spec("colorize+sr4", RGB), from_spec("cs0.25", RGB)
+    x = torch.rand(2, *RGB, dtype=F64, generator=torch.Generator().manual_seed(1))
+    s, Vt, V = sr4.spectral_view(x)
+    assert s.shape == (sr4.n,) and torch.allclose(V(Vt(x)), x, atol=1e-12)
+    assert torch.equal(s, sr4.singulars_full(x)) and int((s > 0).sum()) == sr4.m
+    assert chain.spectral_view(x) is None and not chain.has_svd
+    y = sr4.A(x)
+    assert torch.equal(sr4.initial_estimate(y), sr4.pinv(y))
+    assert sr4.window_rule().align == 4 and sr4.window_rule().block_local
+    rule = chain.window_rule()
+    assert rule.align == 4 and rule.block_local and not rule.refusal
+    assert "mixes the whole image" in cs.window_rule().refusal
+    blur_last = from_spec("sr2+deblur-gauss", RGB).window_rule()
+    assert blur_last.align == 2 and blur_last.support > 0 and blur_last.wrap is not None
+    with pytest.raises(ValueError, match="mixes the whole image"):
+        cs.restrict_window((0, 0, 8, 8))

@@ -313,3 +313,63 @@ def test_bad_inputs():
         solvers.get("ddnm", prior, eta=1.5)
     with pytest.raises(ValueError, match="prior"):
         solvers.get("ddnm")
+
+
+# ---------------------------------------------------------------------- the authors' update
+F64 = torch.float64
+
+
+class _AffineEps(torch.nn.Module):
+    """A tiny deterministic eps-network, eps = 2 tanh(x) + 0.3 sin(t / 100): large enough that the raw
+    x0 estimate leaves the data range [-1, 1] at high noise, so that the prior's clamp matters."""
+
+    def forward(self, x, t):
+        return 2.0 * torch.tanh(x) + 0.3 * torch.sin(t.to(x.dtype) / 100.0).reshape(-1, 1, 1, 1)
+
+
+def _reference_ddnm(prior, op, y, steps, eta, seed, clip):
+    """DDNM's noiseless update written out (the authors' code when ``clip`` is False):
+
+        x0 = (x_t - sqrt(1 - ab) eps) / sqrt(ab)      (clip: clamped to [-1, 1], eps rebuilt from it)
+        x0^ = x0 - A^+ (A x0 - y)
+        x_t' = sqrt(ab') x0^ + eta sqrt(1 - ab') z + sqrt(1 - ab') sqrt(1 - eta^2) eps
+    """
+    g = torch.Generator().manual_seed(seed)
+    ab_table = prior.schedule.alphas_cumprod
+    ts = prior.schedule.timesteps(steps).tolist()
+    y_z = (y - 0.5 * op.A(torch.ones((1, *op.in_shape), dtype=F64))) / 0.5  # model space [-1, 1]
+    x = torch.randn((y.shape[0], *op.in_shape), generator=g, dtype=F64)
+    for i, t in enumerate(ts):
+        ab = float(ab_table[t])
+        ab_prev = float(ab_table[ts[i + 1]]) if i + 1 < len(ts) else 1.0
+        eps = prior.net(x, torch.full((x.shape[0],), t))
+        x0 = (x - (1 - ab) ** 0.5 * eps) / ab**0.5
+        if clip:
+            x0 = x0.clamp(-1.0, 1.0)
+            eps = (x - ab**0.5 * x0) / (1 - ab) ** 0.5
+        x0_hat = x0 - op.pinv(op.A(x0) - y_z)
+        c1, c2 = eta * (1 - ab_prev) ** 0.5, (1 - ab_prev) ** 0.5 * (1 - eta**2) ** 0.5
+        z = torch.randn(x.shape, generator=g, dtype=F64) if c1 > 0 else 0.0
+        x = ab_prev**0.5 * x0_hat + c1 * z + c2 * eps
+    return 0.5 * x0_hat + 0.5
+
+
+@pytest.mark.parametrize("steps", [2, 5])
+def test_clip_x0_false_is_the_authors_update(steps):
+    """``clip_x0=False``: raw x0 from the network's eps, and that eps in the step (the DDNM code);
+    the default clamps x0 to the data range and rebuilds eps from the clamped x0."""
+    from diffinv.priors import NetworkPrior, VPSchedule
+
+    shape = (1, 4, 4)
+    prior = NetworkPrior(_AffineEps(), VPSchedule.linear(1000), image_shape=shape)  # clip_x0 = True
+    op = MatrixOperator(selection_matrix(16, 6, seed=1), shape)
+    y = op.A(torch.rand((2, *shape), generator=gen(3), dtype=F64))
+    raw = solvers.get("ddnm", prior, steps=steps, clip_x0=False)(y, op, generator=gen(7))
+    clamped = solvers.get("ddnm", prior, steps=steps)(y, op, generator=gen(7))
+    ref_raw = _reference_ddnm(prior, op, y, steps, 0.85, 7, clip=False)
+    ref_clamped = _reference_ddnm(prior, op, y, steps, 0.85, 7, clip=True)
+    torch.testing.assert_close(raw, ref_raw, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(clamped, ref_clamped, rtol=1e-10, atol=1e-10)
+    assert (raw - clamped).abs().max() > 1e-3  # the clamp is active on this network
+    with pytest.raises(ValueError, match="clip_x0"):
+        solvers.get("ddnm", prior, clip_x0=1)

@@ -219,13 +219,38 @@ def test_parameters(prior):
         {"form": "sde"},
         {"grad_weight": -1.0},
         {"weight_matrix": "W"},
-        {"lam": 1.5},
-        {"lam_schedule": "cosine"},
         {"steps": 0},
-        {"null_space_grad": 1},
+        {"form": "ve", "lam": 1.5},
+        {"form": "ve", "lam_schedule": "cosine"},
+        {"form": "ve", "null_space_grad": 1},
+        {"form": "ve", "ve_projection": "x"},
+        {"form": "ve", "snr": -1.0},
     ):
         with pytest.raises(ValueError):
             solvers.get("mcg", prior, **bad)
+
+
+def test_two_forms_refuse_each_others_parameters(prior):
+    """``form`` chooses the class; a parameter of the other form is an error naming it and the form."""
+    from diffinv.solvers.mcg import MCG, MCGVE, MCGVP
+
+    vp, ve = solvers.get("mcg", prior), solvers.get("mcg", prior, form="ve")
+    assert type(vp) is MCGVP and type(ve) is MCGVE and isinstance(vp, MCG) and vp.name == ve.name == "mcg"
+    assert "snr" not in vp.params and vp.params["form"] == "vp" and ve.params["snr"] == 0.16
+    assert solvers.get_class("mcg") is MCG and set(MCG.defaults) == set(MCGVP.defaults) | set(MCGVE.defaults)
+    for key, value in (("snr", 0.2), ("lam", 0.5), ("predictor", "ancestral"), ("null_space_grad", False)):
+        with pytest.raises(ValueError, match=rf"parameter '{key}' belongs to MCG's VE form \(form='ve'\)"):
+            solvers.get("mcg", prior, **{key: value})
+        with pytest.raises(ValueError, match=f"parameter '{key}' belongs"):
+            solvers.get("mcg", prior, form="vp", **{key: value})
+    with pytest.raises(ValueError, match="form="):
+        MCGVP(prior, form="ve")
+    with pytest.raises(ValueError, match="unknown parameter"):
+        solvers.get("mcg", prior, form="ve", zeta=1.0)
+    # class-level answers for a form, as the CLI and the benchmarks ask them
+    assert MCG.resolve_params("ct", {"form": "ve"}) == ve.effective_params("ct18")
+    assert MCG.family_defaults("ct", {"form": "ve"}) == MCG.ve_task_defaults["ct"]
+    assert MCG.family_defaults("ct", {}) == MCG.task_defaults["ct"]
 
 
 @pytest.mark.parametrize("name", ["inpaint-box", "sr2"])

@@ -148,8 +148,9 @@ def test_ve_samplers_accept_more_steps_than_training(name, params):
     op = selection_operator(shape, 6)
     y = op.A(prior.sample(2, torch.Generator().manual_seed(0)))
     solver = solvers.get(name, prior, steps=1500, **params)
-    ts, sigmas = solver.ve_levels()
-    assert len(ts) == 1500 and all(b < a for a, b in zip(sigmas, sigmas[1:]))
+    grid = solver.time_grid(continuous=True)
+    sigmas = grid.sigmas  # with 0 at the clean end
+    assert len(grid) == 1500 and len(sigmas) == 1501 and all(b < a for a, b in zip(sigmas, sigmas[1:]))
     x = solver(y, op, generator=torch.Generator().manual_seed(0))
     assert solver.last_nfe == 3000 and torch.isfinite(x).all()
     assert ((op.A(x) - y).flatten(1).norm(dim=1) <= 1e-6 * y.flatten(1).norm(dim=1)).all()

@@ -7,7 +7,7 @@ import torch
 from problems import blind_estimate, correlated_prior, expand, make_measurement, small_operators
 
 from diffinv import solvers
-from diffinv.solvers._guidance import ancestral_step, reverse_diffusion_step
+from diffinv.priors.steps import ancestral_step, reverse_diffusion_step
 
 
 @pytest.mark.parametrize("sigma,sigma_prev", [(50.0, 10.0), (1.0, 0.9), (0.3, 0.0)])

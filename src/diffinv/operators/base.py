@@ -8,6 +8,19 @@ to measurements ``y`` of per-sample shape ``out_shape``. Every operator provides
 * ``pinv(y)``   the Moore-Penrose pseudo-inverse ``A^dagger y``,
 * ``measure(x, sigma_y, generator)`` ``= A x + sigma_y * n`` with ``n ~ N(0, I)``.
 
+and abilities that solvers and the tiling ask for instead of testing an operator's class, each
+with a default that subclasses override (deepinv's ``LinearPhysics`` / ``DecomposablePhysics``
+pattern):
+
+* ``damped_pinv(r, gamma)`` ``= A^T (A A^T + gamma I)^{-1} r`` (default: CG, :mod:`.cg`; SVD
+  operators: spectral; CT: its Gram factors),
+* ``spectral_view(like)`` ``-> (s, Vt, V)`` or None (SVD operators: the full SVD; CT: the range part),
+* ``initial_estimate(y)``: a prior-free first reconstruction (``A^+ y``; CT: FBP),
+* ``window_rule()`` / ``restrict_window(region)``: how the operator restricts to an image window
+  (:class:`WindowRule`), for :mod:`diffinv.tiling`; by default it cannot,
+* ``has_svd`` and, on :class:`SVDOperator`, ``singulars_full(like)`` (length ``n``, zeros where
+  ``pinv`` drops a direction).
+
 :class:`SVDOperator` adds a spectral decomposition ``A = U diag(s) V^T`` used by DDRM and DDNM+.
 
 Conventions
@@ -25,11 +38,41 @@ Conventions
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from .cg import cg
+
 Shape = tuple[int, ...]
+Region = tuple[int, int, int, int]  # (top, left, height, width) of an image window
+
+
+@dataclass(frozen=True)
+class WindowRule:
+    """How an operator restricts to rectangular image windows (what :mod:`diffinv.tiling` needs).
+
+    * ``refusal``: why it cannot (one clause, e.g. ``"cs0.5 mixes the whole image"``); empty when
+      it can. ``fixed_size``: for operators tied to their own image size (CT), the note a caller
+      adds when the image size differs from the one it can reconstruct.
+    * ``align``: window offsets and sizes must be multiples of it (input pixels).
+    * ``support``: 0 when every row depends on one aligned pixel block only (*block-local*: the
+      known overlap of a window has closed forms); otherwise the longest extent of a row in input
+      pixels (rows overlap, e.g. a blur kernel).
+    * ``wrap``: the ``(kh, kw)`` kernel of a final circular convolution; its rows within the
+      kernel of the border wrap around the image and belong to no window.
+    """
+
+    align: int = 1
+    support: int = 0
+    wrap: tuple[int, int] | None = None
+    refusal: str = ""
+    fixed_size: str = ""
+
+    @property
+    def block_local(self) -> bool:
+        return self.support == 0
 
 
 def check_tensor(t: torch.Tensor, shape: Shape, name: str, what: str = "") -> None:
@@ -136,6 +179,50 @@ class LinearOperator(nn.Module):
     def has_svd(self) -> bool:
         return False
 
+    # ----------------------------------------------------------------- abilities (override)
+    def damped_pinv(self, r: torch.Tensor, gamma: float) -> torch.Tensor:
+        """``A^T (A A^T + gamma I)^{-1} r`` (Tikhonov-damped pseudo-inverse, image space).
+
+        ``gamma = 0`` gives ``A^+ r``, ``gamma = inf`` gives 0; otherwise :meth:`_damped_pinv`
+        (default: CG on ``(A A^T + gamma I) u = r`` in measurement space, then ``A^T u``; SVD
+        operators and CT override it with closed forms).
+        """
+        check_tensor(r, self.out_shape, "r", f"for {self.name}")
+        gamma = float(gamma)
+        if not gamma >= 0:
+            raise ValueError(f"gamma must be >= 0, got {gamma}")
+        if gamma == 0.0:
+            return self._pinv(r)
+        if math.isinf(gamma):
+            return torch.zeros((r.shape[0], *self.in_shape), dtype=r.dtype, device=r.device)
+        return self._damped_pinv(r, gamma)
+
+    def initial_estimate(self, y: torch.Tensor) -> torch.Tensor:
+        """A prior-free first reconstruction from ``y``: ``A^+ y`` (CT: the filtered back-projection)."""
+        return self.pinv(y)
+
+    def spectral_view(self, like: torch.Tensor):
+        """``(s, Vt, V)``: singular values and maps to / from the matching right singular vectors.
+
+        ``s`` has zeros where :meth:`pinv` drops a direction; ``Vt`` maps an image batch to its
+        coordinates, ``V`` maps coordinates back. SVD operators give the full basis, CT the range
+        part only; None when the operator exposes no SVD (the default).
+        """
+        return None
+
+    def window_rule(self) -> WindowRule:
+        """How this operator restricts to image windows (:class:`WindowRule`); default: it cannot."""
+        return WindowRule(refusal=f"{self.name} mixes the whole image")
+
+    def restrict_window(self, region: Region) -> tuple[LinearOperator, Region]:
+        """``(A_w, out_region)``: the rows of ``A`` that depend only on the pixels of ``region``.
+
+        ``region = (top, left, height, width)`` on the input grid; ``A_w`` acts on the window's
+        pixels and ``out_region`` is the block of the output grid its rows form (the rows of ``A``
+        there are zero outside the window). ValueError when the operator cannot be windowed.
+        """
+        raise ValueError(f"cannot restrict {self.name} to a window: {self.window_rule().refusal}")
+
     # ----------------------------------------------------------------- to implement
     def _A(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -151,25 +238,12 @@ class LinearOperator(nn.Module):
         """Minimum-norm least squares by CG on ``A^T A x = A^T y`` from ``x = 0`` (per sample)."""
         iters = self.cg_iters if iters is None else iters
         tol = self.cg_tol if tol is None else tol
-        b = self._At(y)
-        dims = tuple(range(1, b.dim()))
-        x = torch.zeros_like(b)
-        r = b.clone()
-        p = r.clone()
-        rs = (r * r).sum(dims, keepdim=True)
-        rs0 = rs.clamp_min(torch.finfo(b.dtype).tiny)
-        for _ in range(iters):
-            Ap = self._At(self._A(p))
-            pAp = (p * Ap).sum(dims, keepdim=True)
-            alpha = torch.where(pAp > 0, rs / pAp.clamp_min(torch.finfo(b.dtype).tiny), torch.zeros_like(rs))
-            x = x + alpha * p
-            r = r - alpha * Ap
-            rs_new = (r * r).sum(dims, keepdim=True)
-            if bool((rs_new <= tol**2 * rs0).all()):
-                break
-            p = r + (rs_new / rs.clamp_min(torch.finfo(b.dtype).tiny)) * p
-            rs = rs_new
-        return x
+        return cg(lambda p: self._At(self._A(p)), self._At(y), iters, tol)
+
+    def _damped_pinv(self, r: torch.Tensor, gamma: float) -> torch.Tensor:
+        """``A^T u`` with ``(A A^T + gamma I) u = r`` by CG (500 iterations at most, tolerance 1e-12)."""
+        u = cg(lambda v: self._A(self._At(v)) + gamma * v, r, 500, 1e-12)
+        return self._At(u)
 
     def _const(self, name: str, like: torch.Tensor) -> torch.Tensor:
         """A float64 buffer/attribute ``name`` cast to ``like``'s dtype and device (cached)."""
@@ -234,6 +308,27 @@ class SVDOperator(LinearOperator):
     def singulars_like(self, like: torch.Tensor) -> torch.Tensor:
         """``singulars()`` cast to ``like``'s dtype/device."""
         return self.singulars().to(device=like.device, dtype=like.dtype)
+
+    def singulars_full(self, like: torch.Tensor) -> torch.Tensor:
+        """``|s|`` padded to length ``n`` (zeros in the null space and where ``s <= pinv_threshold * max(s)``)."""
+        s = self.singulars_like(like).abs()
+        full = torch.zeros(self.n, dtype=like.dtype, device=like.device)
+        if s.numel():
+            keep = s > self.pinv_threshold * s.max()
+            full[: s.numel()] = torch.where(keep, s, torch.zeros_like(s))
+        return full
+
+    def spectral_view(self, like: torch.Tensor):
+        return self.singulars_full(like), self.Vt, self.V
+
+    def _damped_pinv(self, r: torch.Tensor, gamma: float) -> torch.Tensor:
+        """``V diag(s / (s^2 + gamma)) U^T r`` exactly."""
+        s = self.singulars_like(r)
+        k = s.numel()
+        z = self.Ut(r)[:, :k] * (s / (s * s + gamma))
+        out = torch.zeros((r.shape[0], self.n), dtype=r.dtype, device=r.device)
+        out[:, :k] = z
+        return self.V(out)
 
     def _A(self, x: torch.Tensor) -> torch.Tensor:
         s = self.singulars_like(x)

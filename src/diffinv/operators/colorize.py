@@ -7,7 +7,7 @@ import math
 import torch
 
 from ._common import F64, check_image_shape, orthonormal_completion
-from .base import SVDOperator, check_tensor
+from .base import Region, SVDOperator, WindowRule, check_tensor
 
 #: ITU-R BT.601 luma weights, the ones PIL uses for ``Image.convert("L")`` on RGB images.
 BT601 = (0.299, 0.587, 0.114)
@@ -22,8 +22,9 @@ class Colorize(SVDOperator):
         ``(3, H, W)``; other channel counts raise ``ValueError``.
     weights:
         Three channel weights. The default is ITU-R BT.601 luma ``(0.299, 0.587, 0.114)``, the
-        weights PIL uses for RGB -> ``"L"``. ``"mean"`` gives the plain mean ``(1/3, 1/3, 1/3)``
-        used by the DDNM paper's code; ``"bt601"`` names the default explicitly.
+        weights PIL uses for RGB -> ``"L"``. ``"mean"`` gives the plain mean ``(1/3, 1/3, 1/3)``,
+        as the simplified path of the DDNM code (its SVD path uses ``(0.3333, 0.3334, 0.3333)``);
+        ``"bt601"`` names the default explicitly.
 
     SVD: per pixel a 3x3 orthogonal matrix whose first row is ``w / |w|``; ``s = |w|`` for each
     pixel (``k = H*W``), ``U`` = identity. ``Vt(x)`` lists the luma-direction coefficient of every
@@ -72,6 +73,13 @@ class Colorize(SVDOperator):
 
     def _pinv(self, y: torch.Tensor) -> torch.Tensor:
         return self._const("w_pinv", y)[None, :, None, None] * y
+
+    def window_rule(self) -> WindowRule:
+        return WindowRule()  # pixel-local
+
+    def restrict_window(self, region: Region) -> tuple[Colorize, Region]:
+        weights = self.w.detach().cpu().tolist()
+        return Colorize((self.in_shape[0], region[2], region[3]), weights=weights), region
 
     def Vt(self, x: torch.Tensor) -> torch.Tensor:
         check_tensor(x, self.in_shape, "x", f"for {self.name}.Vt")

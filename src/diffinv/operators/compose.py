@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from diffinv.operators.base import LinearOperator
+from diffinv.operators.base import LinearOperator, Region, WindowRule
 
 
 class ComposedOperator(LinearOperator):
@@ -102,6 +102,30 @@ class ComposedOperator(LinearOperator):
                     "implement its _pinv or leave the base class's CG default"
                 ) from e
         return y
+
+    # ----------------------------------------------------------------- windows
+    def window_rule(self) -> WindowRule:
+        """The factors' rules chained: alignments multiply; only the last factor may have
+        overlapping rows (its support is scaled to input pixels by the alignment before it)."""
+        rules = [op.window_rule() for op in self.ops]
+        fixed = next((r.fixed_size for r in rules if r.fixed_size), "")
+        align = 1
+        for i, (op, rule) in enumerate(zip(self.ops, rules)):
+            if not rule.refusal and not rule.block_local and i < len(self.ops) - 1:
+                rule = WindowRule(refusal=f"{op.name} must be the last factor of a composition")
+            if rule.refusal:
+                return WindowRule(refusal=rule.refusal, fixed_size=fixed)
+            align *= rule.align
+        last = rules[-1]
+        return WindowRule(align=align, support=last.support * (align // last.align), wrap=last.wrap)
+
+    def restrict_window(self, region: Region) -> tuple[LinearOperator, Region]:
+        """The factors' windows chained (a single factor's window when there is one factor)."""
+        ops = []
+        for op in self.ops:
+            win, region = op.restrict_window(region)
+            ops.append(win)
+        return (ops[0] if len(ops) == 1 else ComposedOperator(ops)), region
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, pinv_method={self.pinv_method!r}"

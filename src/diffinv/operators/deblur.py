@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ._common import F64, as_generator, check_image_shape, check_positive_int, rand, randn
-from .base import SVDOperator, check_tensor
+from .base import LinearOperator, Region, SVDOperator, WindowRule, check_tensor
 
 _SQRT2 = math.sqrt(2.0)
 
@@ -136,6 +136,21 @@ class Blur(SVDOperator):
         inv = torch.where(keep, K.conj() / torch.where(keep, mag, 1.0) ** 2, torch.zeros_like(K))
         return self._ifft(self._fft(y) * inv)
 
+    # ------------------------------------------------------------------ windows
+    def window_rule(self) -> WindowRule:
+        kh, kw = self.kernel.shape  # rows overlap; those within the kernel of the border wrap around
+        return WindowRule(support=max(kh, kw), wrap=(kh, kw))
+
+    def restrict_window(self, region: Region) -> tuple[ValidBlurWindow, Region]:
+        """The blurred pixels whose kernel footprint lies in the window (:class:`ValidBlurWindow`)."""
+        top, left, h, w = region
+        kh, kw = self.kernel.shape
+        if kh > h or kw > w:
+            raise ValueError(f"{self.name}: the {kh}x{kw} blur kernel does not fit in a {h}x{w} window")
+        C = self.in_shape[0]
+        win = ValidBlurWindow((C, h, w), self.kernel, cg_iters=self.cg_iters, cg_tol=self.cg_tol)
+        return win, (top + kh - 1 - kh // 2, left + kw - 1 - kw // 2, h - kh + 1, w - kw + 1)
+
     # ------------------------------------------------------------------ real Fourier basis
     def _coords(self, X: torch.Tensor) -> torch.Tensor:
         """rfft coefficients ``(B, C, H, Wr)`` -> real orthonormal coordinates ``(B, C*H*W)``."""
@@ -175,6 +190,34 @@ class Blur(SVDOperator):
     def U(self, z: torch.Tensor) -> torch.Tensor:
         check_tensor(z, (self.m,), "z", f"for {self.name}.U")
         return self._ifft(self._spectrum_of(z) * self._const("phase", z))
+
+
+class ValidBlurWindow(LinearOperator):
+    """The rows of a blur whose kernel footprint lies inside the window: a *valid* convolution.
+
+    ``(C, H, W) -> (C, H - kh + 1, W - kw + 1)``; output ``q`` is the full (circular) blur's pixel
+    ``top + kh - 1 - kh // 2 + q`` (same for columns), which does not wrap. Computed as the
+    circular blur of the window (FFT) cropped to those pixels, which do not wrap within the window
+    either; the adjoint zero-pads and applies the adjoint blur. Pseudo-inverse by CG.
+    """
+
+    def __init__(self, shape, kernel: torch.Tensor, cg_iters: int = 200, cg_tol: float = 1e-10):
+        C, H, W = shape
+        kh, kw = kernel.shape
+        super().__init__((C, H, W), (C, H - kh + 1, W - kw + 1))
+        self.blur = Blur((C, H, W), kernel.detach().to("cpu", F64), pinv_threshold=0.0, normalize=False)
+        self.r0, self.c0 = kh - 1 - kh // 2, kw - 1 - kw // 2
+        self.cg_iters, self.cg_tol = int(cg_iters), float(cg_tol)
+
+    def _A(self, x):
+        _, h, w = self.out_shape
+        return self.blur._A(x)[..., self.r0 : self.r0 + h, self.c0 : self.c0 + w]
+
+    def _At(self, y):
+        _, h, w = self.out_shape
+        full = torch.zeros((y.shape[0], *self.in_shape), dtype=y.dtype, device=y.device)
+        full[..., self.r0 : self.r0 + h, self.c0 : self.c0 + w] = y
+        return self.blur._At(full)
 
 
 # ------------------------------------------------------------------------------------ kernels

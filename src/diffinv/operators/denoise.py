@@ -7,7 +7,7 @@ import math
 import torch
 
 from ._common import F64, check_image_shape
-from .base import SVDOperator, check_tensor
+from .base import Region, SVDOperator, WindowRule, check_tensor
 
 
 class Denoise(SVDOperator):
@@ -42,6 +42,12 @@ class Denoise(SVDOperator):
 
     def _pinv(self, y: torch.Tensor) -> torch.Tensor:
         return y.clone()
+
+    def window_rule(self) -> WindowRule:
+        return WindowRule()  # pixel-local
+
+    def restrict_window(self, region: Region) -> tuple[Denoise, Region]:
+        return Denoise((self.in_shape[0], region[2], region[3])), region
 
     def Vt(self, x: torch.Tensor) -> torch.Tensor:
         check_tensor(x, self.in_shape, "x", f"for {self.name}.Vt")

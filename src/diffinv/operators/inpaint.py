@@ -19,7 +19,7 @@ from ._common import (
     inverse_permutation,
     rand,
 )
-from .base import SVDOperator, check_tensor
+from .base import Region, SVDOperator, WindowRule, check_tensor
 
 
 class Inpaint(SVDOperator):
@@ -122,6 +122,13 @@ class Inpaint(SVDOperator):
 
     def _pinv(self, y: torch.Tensor) -> torch.Tensor:
         return y * self._const("mask", y)
+
+    def window_rule(self) -> WindowRule:
+        return WindowRule()  # pixel-local
+
+    def restrict_window(self, region: Region) -> tuple[Inpaint, Region]:
+        top, left, h, w = region
+        return Inpaint(self.mask.detach().to("cpu", F64)[:, top : top + h, left : left + w].clone()), region
 
     def Vt(self, x: torch.Tensor) -> torch.Tensor:
         check_tensor(x, self.in_shape, "x", f"for {self.name}.Vt")

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from ._common import F64, check_image_shape, check_positive_int, inverse_permutation, orthonormal_completion
-from .base import SVDOperator, check_tensor
+from .base import LinearOperator, Region, SVDOperator, WindowRule, check_tensor
 
 
 def _check_factor(shape, factor, what: str) -> tuple[int, int, int, int]:
@@ -72,6 +72,17 @@ class SuperResolution(SVDOperator):
     def _pinv(self, y: torch.Tensor) -> torch.Tensor:
         k = self.factor
         return y.repeat_interleave(k, dim=2).repeat_interleave(k, dim=3)
+
+    def window_rule(self) -> WindowRule:
+        return WindowRule(align=self.factor)  # block-local: windows hold whole pooling blocks
+
+    def restrict_window(self, region: Region) -> tuple[SuperResolution, Region]:
+        top, left, h, w = region
+        k = self.factor
+        if top % k or left % k or h % k or w % k:
+            where = f"window {h}x{w} at ({top}, {left})"
+            raise ValueError(f"{self.name}: {where} is not aligned to the factor {k}")
+        return SuperResolution((self.in_shape[0], h, w), k), (top // k, left // k, h // k, w // k)
 
     def Vt(self, x: torch.Tensor) -> torch.Tensor:
         check_tensor(x, self.in_shape, "x", f"for {self.name}.Vt")
@@ -188,6 +199,29 @@ class BicubicSuperResolution(SVDOperator):
             return super()._pinv(y)
         return self._sandwich(self._const("Ph", y), y, self._const("Pw", y))
 
+    def window_rule(self) -> WindowRule:
+        # rows overlap: the longest run of non-zero taps of D_h and D_w
+        lengths = [(b - a + 1).max() for a, b in map(_row_support, (self.Dh, self.Dw))]
+        return WindowRule(support=int(max(lengths)))
+
+    def restrict_window(self, region: Region) -> tuple[SeparableWindow, Region]:
+        """The rows of ``D_h`` / ``D_w`` whose taps all lie in the window (:class:`SeparableWindow`)."""
+        top, left, h, w = region
+        subs, out = [], []
+        for D, start, size in ((self.Dh, top, h), (self.Dw, left, w)):
+            D = D.detach().to("cpu", F64)
+            first, last = _row_support(D)
+            rows = torch.nonzero((first >= start) & (last < start + size)).flatten()
+            if rows.numel() == 0:
+                raise ValueError(f"{self.name}: a {h}x{w} window holds no complete bicubic row")
+            if rows[-1] - rows[0] + 1 != rows.numel():  # supports move monotonically: cannot happen
+                raise ValueError(f"{self.name}: non-contiguous bicubic rows in a window")
+            r0, r1 = int(rows[0]), int(rows[-1]) + 1
+            subs.append(D[r0:r1, start : start + size])
+            out.append((r0, r1 - r0))
+        (r0, h_out), (c0, w_out) = out
+        return SeparableWindow(self.in_shape[0], subs[0], subs[1]), (r0, c0, h_out, w_out)
+
     def Vt(self, x: torch.Tensor) -> torch.Tensor:
         check_tensor(x, self.in_shape, "x", f"for {self.name}.Vt")
         coef = self._sandwich(self._const("Vh", x).T, x, self._const("Vw", x).T)
@@ -208,4 +242,38 @@ class BicubicSuperResolution(SVDOperator):
         return self._sandwich(self._const("Uh", z), coef, self._const("Uw", z))
 
 
-__all__ = ["SuperResolution", "BicubicSuperResolution", "bicubic_matrix", "keys_cubic"]
+def _row_support(D: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """First and last non-zero column of every row of ``D``."""
+    nz = D != 0
+    cols = torch.arange(D.shape[1])
+    first = torch.where(nz, cols, D.shape[1]).amin(1)
+    last = torch.where(nz, cols, -1).amax(1)
+    return first, last
+
+
+class SeparableWindow(LinearOperator):
+    """``y_c = Dh x_c Dw^T`` per channel for explicit (sub)matrices ``Dh`` (h, H), ``Dw`` (w, W).
+
+    The window of a :class:`BicubicSuperResolution`. The pseudo-inverse is exact:
+    ``(Dh kron Dw)^+ = Dh^+ kron Dw^+``.
+    """
+
+    def __init__(self, channels: int, Dh: torch.Tensor, Dw: torch.Tensor):
+        Dh, Dw = Dh.detach().to("cpu", F64).contiguous(), Dw.detach().to("cpu", F64).contiguous()
+        super().__init__((channels, Dh.shape[1], Dw.shape[1]), (channels, Dh.shape[0], Dw.shape[0]))
+        self.register_buffer("Dh", Dh, persistent=False)
+        self.register_buffer("Dw", Dw, persistent=False)
+        self.register_buffer("Ph", torch.linalg.pinv(Dh), persistent=False)
+        self.register_buffer("Pw", torch.linalg.pinv(Dw), persistent=False)
+
+    def _A(self, x):
+        return self._const("Dh", x) @ x @ self._const("Dw", x).T
+
+    def _At(self, y):
+        return self._const("Dh", y).T @ y @ self._const("Dw", y)
+
+    def _pinv(self, y):
+        return self._const("Ph", y) @ y @ self._const("Pw", y).T
+
+
+__all__ = ["SuperResolution", "BicubicSuperResolution", "SeparableWindow", "bicubic_matrix", "keys_cubic"]

@@ -23,6 +23,14 @@ from collections.abc import Callable
 import torch
 
 from .base import Prior
+from .steps import (
+    TimeGrid,
+    ddim_step,
+    ddpm_step,
+    langevin_step,
+    reverse_diffusion_step,
+    x0_from_eps,
+)
 
 Callback = Callable[[int, torch.Tensor, torch.Tensor], None]
 
@@ -61,10 +69,6 @@ def _finish(prior: Prior, x0: torch.Tensor, clamp: bool) -> torch.Tensor:
     return img.clamp(0, 1) if clamp else img
 
 
-def _abar(prior: Prior, t: int) -> float:
-    return float(prior.schedule.alpha_bar(int(t)))
-
-
 @torch.no_grad()
 def ddpm_sample(
     prior: Prior,
@@ -83,31 +87,19 @@ def ddpm_sample(
         x_{t-1} = 1/sqrt(alpha_t) (x_t - beta_t / sqrt(1 - abar_t) eps(x_t, t)) + sqrt(beta~_t) z,   (eq. 11)
         beta~_t = (1 - abar_{t-1}) / (1 - abar_t) beta_t                          (posterior variance, eq. 7)
 
-    With ``steps < T`` the chain runs on the uniformly skipped timesteps
-    ``prior.schedule.timesteps(steps)`` with the *respaced* betas
-    ``beta_t = 1 - abar_t / abar_prev`` (Nichol & Dhariwal 2021, sec. 4), where ``prev`` is the next
-    visited timestep (``abar_prev = 1`` after the last one). No noise is added at the last step.
+    With ``steps < T`` the chain runs on the grid ``priors.steps.TimeGrid(prior.schedule, steps)``
+    with the *respaced* betas ``beta_t = 1 - abar_t / abar_prev`` (Nichol & Dhariwal 2021, sec. 4),
+    where ``prev`` is the next visited timestep (``abar_prev = 1`` after the last one): the step is
+    ``priors.steps.ddpm_step``. No noise is added at the last step.
     """
     device, randn = _setup(prior, n, generator, device, dtype)
-    T = prior.schedule.T
-    ts = torch.arange(T - 1, -1, -1) if steps is None else prior.schedule.timesteps(steps)
-    ts = [int(t) for t in ts]
+    grid = TimeGrid(prior.schedule, prior.schedule.T if steps is None else steps)
     x = randn()
-    for i in _iter(range(len(ts)), progress, "DDPM"):
-        t = ts[i]
-        a_t = _abar(prior, t)
-        a_prev = _abar(prior, ts[i + 1]) if i + 1 < len(ts) else 1.0
-        beta = 1.0 - a_t / a_prev
-        eps = prior.eps(x, t)
-        mean = (x - beta / (1.0 - a_t) ** 0.5 * eps) / (1.0 - beta) ** 0.5
+    for s in _iter(grid, progress, "DDPM"):
+        eps = prior.eps(x, s.t)
         if callback is not None:
-            x0 = (x - (1.0 - a_t) ** 0.5 * eps) / a_t**0.5
-            callback(i, x, prior.to_image(x0))
-        if i + 1 < len(ts):
-            var = (1.0 - a_prev) / (1.0 - a_t) * beta
-            x = mean + var**0.5 * randn()
-        else:
-            x = mean
+            callback(s.i, x, prior.to_image(x0_from_eps(x, eps, s.ab_t)))
+        x = ddpm_step(x, eps, s.ab_t, s.ab_prev, None if s.last else randn())
     return _finish(prior, x, clamp)
 
 
@@ -125,34 +117,27 @@ def ddim_sample(
     device=None,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """DDIM sampling (Song et al. 2021, eq. 12) on ``prior.schedule.timesteps(steps)``:
+    """DDIM sampling (Song et al. 2021, eq. 12) on ``priors.steps.TimeGrid(prior.schedule, steps)``:
 
-        x0   = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t)
-        x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev - sigma_t^2) eps + sigma_t z,
-        sigma_t(eta) = eta sqrt((1 - a_prev) / (1 - a_t)) sqrt(1 - a_t / a_prev)        (eq. 16)
+        x0   = (x_t - sqrt(1 - ab_t) eps) / sqrt(ab_t)                      (the network's eps, x0 not clamped)
+        x_prev = sqrt(ab_prev) x0 + sqrt(1 - ab_prev - sigma_t^2) eps + sigma_t z,
+        sigma_t(eta) = eta sqrt((1 - ab_prev) / (1 - ab_t)) sqrt(1 - ab_t / ab_prev)        (eq. 16)
 
-    with ``a = abar`` and ``a_prev = 1`` after the last step (so the output is the last x0).
+    with ``ab = abar`` and ``ab_prev = 1`` after the last step (so the output is the last x0;
+    ``priors.steps.ddim_step``).
     ``eta = 0`` is the deterministic DDIM, ``eta = 1`` the DDPM posterior variance.
     """
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
     device, randn = _setup(prior, n, generator, device, dtype)
-    ts = [int(t) for t in prior.schedule.timesteps(steps)]
     x = randn()
     x0 = x
-    for i in _iter(range(len(ts)), progress, "DDIM"):
-        t = ts[i]
-        a_t = _abar(prior, t)
-        a_prev = _abar(prior, ts[i + 1]) if i + 1 < len(ts) else 1.0
-        eps = prior.eps(x, t)
-        x0 = (x - (1.0 - a_t) ** 0.5 * eps) / a_t**0.5
+    for s in _iter(TimeGrid(prior.schedule, steps), progress, "DDIM"):
+        eps = prior.eps(x, s.t)
+        x0 = x0_from_eps(x, eps, s.ab_t)
         if callback is not None:
-            callback(i, x, prior.to_image(x0))
-        sigma = eta * ((1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev)) ** 0.5
-        dir_coef = max(1.0 - a_prev - sigma**2, 0.0) ** 0.5
-        x = a_prev**0.5 * x0 + dir_coef * eps
-        if sigma > 0 and i + 1 < len(ts):
-            x = x + sigma * randn()
+            callback(s.i, x, prior.to_image(x0))
+        x = ddim_step(x0, eps, s.ab_t, s.ab_prev, eta, randn() if eta > 0 and not s.last else None)
     return _finish(prior, x0, clamp)
 
 
@@ -182,10 +167,13 @@ def ve_pc_sample(
 
           g = s(x, sigma_i),  z ~ N(0, I),  eps = 2 (snr ||z|| / ||g||)^2,  x <- x + eps g + sqrt(2 eps) z
 
-      (norms are per-sample L2 norms averaged over the batch, as in the reference code);
+      (norms are per-sample L2 norms averaged over the batch, as in the reference code:
+      ``priors.steps.langevin_step(..., norm="batch")``; the solvers use per-sample norms);
     * predictor, reverse diffusion to the next level (Alg. 2)::
 
-          x <- x + (sigma_i^2 - sigma_{i+1}^2) s(x, sigma_i) + sqrt(sigma_i^2 - sigma_{i+1}^2) z.
+          x <- x + (sigma_i^2 - sigma_{i+1}^2) s(x, sigma_i) + sqrt(sigma_i^2 - sigma_{i+1}^2) z
+
+      (``priors.steps.reverse_diffusion_step``).
 
     After the corrector at the lowest level, the final denoise is the Tweedie estimate
     ``x0_ve(x, t_last)`` (instead of the last noisy predictor step).
@@ -193,30 +181,18 @@ def ve_pc_sample(
     if snr <= 0 or corrector_steps < 0:
         raise ValueError("snr must be > 0 and corrector_steps >= 0")
     device, randn = _setup(prior, n, generator, device, dtype)
-    T = prior.schedule.T
-    ts = list(range(T - 1, -1, -1)) if steps is None else [int(t) for t in prior.schedule.timesteps(steps)]
-    sig = prior.schedule.sigmas
-    x = randn() * float(sig[ts[0]])
-    B = x.shape[0]
-    for i in _iter(range(len(ts)), progress, "VE-PC"):
-        t = ts[i]
-        s_i = float(sig[t])
+    grid = TimeGrid(prior.schedule, prior.schedule.T if steps is None else steps)
+    x = randn() * grid.sigmas[0]
+    for s in _iter(grid, progress, "VE-PC"):
         for _ in range(int(corrector_steps)):
-            g = prior.score_ve(x, t)
-            z = randn()
-            g_norm = g.reshape(B, -1).norm(dim=1).mean()
-            z_norm = z.reshape(B, -1).norm(dim=1).mean()
-            step = 2.0 * (snr * z_norm / g_norm.clamp_min(torch.finfo(x.dtype).tiny)) ** 2
-            x = x + step * g + (2.0 * step).sqrt() * z
-        if i + 1 < len(ts):
-            s_next = float(sig[ts[i + 1]])
-            g = prior.score_ve(x, t)
-            d2 = s_i**2 - s_next**2
+            x = langevin_step(x, prior.score_ve(x, s.t), snr, randn(), norm="batch")
+        if not s.last:
+            g = prior.score_ve(x, s.t)
             if callback is not None:
-                callback(i, x, prior.to_image(x + s_i**2 * g))
-            x = x + d2 * g + d2**0.5 * randn()
+                callback(s.i, x, prior.to_image(x + s.sigma**2 * g))
+            x, _ = reverse_diffusion_step(x, g, s.sigma, s.sigma_prev, randn())
         else:
-            x0 = prior.x0_ve(x, t)
+            x0 = prior.x0_ve(x, s.t)
             if callback is not None:
-                callback(i, x, prior.to_image(x0))
+                callback(s.i, x, prior.to_image(x0))
     return _finish(prior, x0, clamp)

@@ -17,9 +17,9 @@ import math
 
 import torch
 
-#: Upper bound on the steps of a VE (predictor-corrector) sampler: its grid is continuous, so the
-#: training steps do not bound it; this only catches absurd values (100x the MCG paper's 2000).
-MAX_VE_STEPS = 100_000
+from .steps import MAX_VE_STEPS, SPACING, grid_times, ve_times
+
+__all__ = ["MAX_VE_STEPS", "VESchedule", "VPSchedule"]
 
 
 class VPSchedule:
@@ -106,34 +106,15 @@ class VPSchedule:
         w = t - lo.to(torch.float64)
         return (log_s[lo] * (1 - w) + log_s[hi] * w).exp()
 
-    def ve_timesteps(self, num_steps: int) -> torch.Tensor:
-        """Descending times for a VE (predictor-corrector) sampler with ``num_steps`` noise levels.
+    def ve_timesteps(self, num_steps: int, spacing: str = SPACING) -> torch.Tensor:
+        """Descending times for a VE (predictor-corrector) sampler with ``num_steps`` noise levels:
+        :func:`diffinv.priors.steps.ve_times` (training levels up to T, continuous times beyond)."""
+        return ve_times(self.T, num_steps, spacing)
 
-        Up to T levels: :meth:`timesteps` (training levels). Beyond T, a VE sampler discretises the
-        continuous noise range: ``num_steps`` equally spaced times from T - 1 down to 0 (float64;
-        non-whole times between training levels, see :meth:`alpha_bar`), at most
-        :data:`MAX_VE_STEPS`.
-        """
-        num_steps = int(num_steps)
-        if not 1 <= num_steps <= MAX_VE_STEPS:
-            raise ValueError(f"steps must be in [1, {MAX_VE_STEPS}] for a VE sampler, got {num_steps}")
-        if num_steps <= self.T:
-            return self.timesteps(num_steps)
-        return torch.linspace(self.T - 1, 0, num_steps, dtype=torch.float64)
-
-    def timesteps(self, num_steps: int) -> torch.Tensor:
-        """``num_steps`` descending timesteps by uniform skip (DDIM, DDNM): T-skip, ..., skip, 0.
-
-        When ``num_steps`` does not divide T, the steps are the rounded linspace over [0, T-1].
-        """
-        num_steps = int(num_steps)
-        if not 1 <= num_steps <= self.T:
-            raise ValueError(f"num_steps must be in [1, {self.T}], got {num_steps}")
-        if self.T % num_steps == 0:
-            ts = torch.arange(0, self.T, self.T // num_steps)
-        else:
-            ts = torch.linspace(0, self.T - 1, num_steps, dtype=torch.float64).round().long()
-        return ts.flip(0)
+    def timesteps(self, num_steps: int, spacing: str = SPACING) -> torch.Tensor:
+        """``num_steps`` descending timesteps: :func:`diffinv.priors.steps.grid_times` (uniform skip
+        T - skip, ..., skip, 0 when ``num_steps`` divides T, else the rounded linspace over [0, T-1])."""
+        return grid_times(self.T, num_steps, spacing)
 
     def __repr__(self) -> str:
         return f"VPSchedule(T={self.T}, beta=[{self.betas[0]:.2e}, {self.betas[-1]:.2e}])"

@@ -32,8 +32,10 @@ from collections.abc import Callable, Iterable
 import torch
 
 from ..families import family as operator_family
-from ..operators.base import LinearOperator, SVDOperator, check_tensor
+from ..operators.base import LinearOperator, check_tensor
 from ..priors.base import Prior
+from ..priors.steps import GridStep, TimeGrid
+from ._guidance import x0_with_vjp
 
 Callback = Callable[[int, torch.Tensor, torch.Tensor], None]
 
@@ -94,7 +96,9 @@ class Solver:
     task_defaults: dict[str, dict] = {}
     needs_prior: bool = True
     requires_svd: bool = False
-    supports_noise: bool = True
+    #: True when the untiled output satisfies ``A x = y`` for noiseless data (the method ends with
+    #: a projection); tiled restorations of operators with overlapping rows then end with one.
+    ends_consistent: bool = False
 
     def __init__(self, prior: Prior | None = None, **params):
         if self.needs_prior and prior is None:
@@ -114,12 +118,6 @@ class Solver:
         self.last_nfe = 0
         self.last_seconds = 0.0
         self.last_family: str | None = None
-
-    def __getattr__(self, key: str):
-        params = self.__dict__.get("params", {})
-        if key in params:
-            return params[key]
-        raise AttributeError(key)
 
     @classmethod
     def family_defaults(cls, family: str | None, params: dict | None = None) -> dict:
@@ -148,7 +146,7 @@ class Solver:
             raise ValueError(f"eta must be in [0, 1], got {self.params['eta']}")
 
     def check_operator(self, op: LinearOperator) -> None:
-        if self.requires_svd and not isinstance(op, SVDOperator):
+        if self.requires_svd and not op.has_svd:
             svd_free = [n for n, c in sorted(_REGISTRY.items()) if not c.requires_svd]
             raise ValueError(
                 f"method {self.name!r} needs an operator with an SVD; {op.name!r} has none "
@@ -215,25 +213,31 @@ class Solver:
         ones = torch.ones((1, *op.in_shape), dtype=y.dtype, device=y.device)
         return (y - p.shift * op.A(ones)) / p.scale, sigma_y / p.scale
 
-    def timesteps(self) -> torch.Tensor:
-        return self.prior.schedule.timesteps(int(self.params["steps"]))
+    def noise_source(self, like: torch.Tensor, op: LinearOperator, generator: torch.Generator | None):
+        """A function that draws standard normal noise in the shape of the restored batch,
+        ``(B, *op.in_shape)`` with B = ``like.shape[0]``, from ``generator`` (:func:`randn`)."""
+        shape = (like.shape[0], *op.in_shape)
+        return lambda: randn(shape, generator, like)
 
-    def ve_levels(self) -> tuple[list[int | float], list[float]]:
-        """(times, sigmas) of a VE predictor-corrector sampler with ``steps`` levels, descending.
+    def tweedie(
+        self, x: torch.Tensor, step: GridStep, callback: Callback | None = None, *, ve=False, need_grad=False
+    ):
+        """(x0, vjp): the prior's Tweedie estimate x0|t at the state ``x`` (VP, or VE if ``ve``) on the
+        grid step ``step``, reported as ``callback(step.i, x, x0 image)``, and ``v -> (dx0/dx)^T v``
+        when ``need_grad`` (one back-propagation through the network; else None). One NFE."""
+        x0, vjp = x0_with_vjp(self.prior, x, step.t, ve=ve, need_grad=need_grad)
+        if callback is not None:
+            callback(step.i, x, self.prior.to_image(x0))
+        return x0, vjp
 
-        Up to the prior's T training steps the times are training levels (as :meth:`timesteps`);
-        beyond, equally spaced continuous times (``VPSchedule.ve_timesteps``) whose sigmas are
-        interpolated in log sigma, so the step count is bounded only by ``MAX_VE_STEPS``. Whole
-        times are returned as ints, so the network sees exactly the training levels there.
+    def time_grid(self, continuous: bool = False) -> TimeGrid:
+        """The :class:`~diffinv.priors.steps.TimeGrid` of ``steps`` levels on the prior's schedule.
+
+        ``continuous=True`` for VE predictor-corrector samplers: up to the prior's T training steps
+        the times are training levels; beyond, equally spaced continuous times whose sigmas are
+        interpolated in log sigma, so the step count is bounded only by ``MAX_VE_STEPS``.
         """
-        sched = self.prior.schedule
-        ts = [
-            int(t) if float(t).is_integer() else float(t)
-            for t in sched.ve_timesteps(int(self.params["steps"]))
-        ]
-        sig = sched.sigmas
-        sigmas = [float(sig[t]) if isinstance(t, int) else float(sched.sigma_at(t)) for t in ts]
-        return ts, sigmas
+        return TimeGrid(self.prior.schedule, int(self.params["steps"]), continuous=continuous)
 
     def iterate(self, seq, progress: bool, desc: str | None = None):
         if not progress:

@@ -1,7 +1,7 @@
 """Classical, prior-free reconstructions: pseudo-inverse / FBP, TV-regularised MFISTA, Tikhonov CG.
 
-* ``pinv``: ``x = A^+ y`` (``op.pinv``); for CT operators (objects with an ``fbp`` method) the
-  filtered back-projection ``op.fbp(y)`` when ``use_fbp`` (default).
+* ``pinv``: ``x = A^+ y`` (``op.pinv``); when ``use_fbp`` (default), the operator's own first
+  estimate ``op.initial_estimate(y)`` instead: the filtered back-projection for CT, ``A^+ y`` otherwise.
 * ``fista-tv``: ``min_x F(x) = 0.5 ||A x - y||^2 + lam TV(x)  (+ indicator of [0, 1]^n if box)`` by
   MFISTA, the monotone FISTA of Beck & Teboulle, "Fast gradient-based algorithms for constrained
   total variation image denoising and deblurring problems", IEEE TIP 18(11), 2009 (their MFISTA
@@ -36,13 +36,13 @@ import math
 
 import torch
 
+from ..operators.cg import cg
 from .base import Solver, register
 
 
 def _initial(op, y, use_fbp: bool) -> torch.Tensor:
-    if use_fbp and callable(getattr(op, "fbp", None)):
-        return op.fbp(y)
-    return op.pinv(y)
+    """The operator's own first estimate (``initial_estimate``: FBP for CT) if ``use_fbp``, else ``A^+ y``."""
+    return op.initial_estimate(y) if use_fbp else op.pinv(y)
 
 
 # ---------------------------------------------------------------------- total variation
@@ -216,25 +216,6 @@ class CGTikhonov(Solver):
 
     def _solve(self, y, op, sigma_y, generator, progress, callback):
         lam, tol = float(self.params["lam"]), float(self.params["tol"])
-        b = op.At(y)
-        dims = tuple(range(1, b.dim()))
-        tiny = torch.finfo(b.dtype).tiny
-        x = torch.zeros_like(b)
-        r = b.clone()
-        p = r.clone()
-        rs = (r * r).sum(dims, keepdim=True)
-        rs0 = rs.clamp_min(tiny)
-        for k in self.iterate(range(int(self.params["iters"])), progress):
-            Ap = op.At(op.A(p)) + lam * p
-            pAp = (p * Ap).sum(dims, keepdim=True)
-            alpha = torch.where(pAp > 0, rs / pAp.clamp_min(tiny), torch.zeros_like(rs))
-            x = x + alpha * p
-            r = r - alpha * Ap
-            rs_new = (r * r).sum(dims, keepdim=True)
-            if callback is not None:
-                callback(k, x, x)
-            if bool((rs_new <= tol**2 * rs0).all()):
-                break
-            p = r + (rs_new / rs.clamp_min(tiny)) * p
-            rs = rs_new
-        return x
+        steps = self.iterate(range(int(self.params["iters"])), progress)
+        report = None if callback is None else (lambda k, x: callback(k, x, x))
+        return cg(lambda p: op.At(op.A(p)) + lam * p, op.At(y), steps, tol, report)

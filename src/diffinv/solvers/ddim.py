@@ -2,7 +2,10 @@
 
 It ignores the measurement (``y`` only fixes the batch size, dtype and device), so it shows what the
 prior alone produces at the same number of network evaluations as the restoration methods.
-With ``eps = eps(x_t, t)`` and ``x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)`` (eq. 12):
+With x0 the prior's Tweedie estimate (clamped to the data range by network priors) and
+``eps = (x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t)`` the noise consistent with it (eq. 12;
+``priors.steps.ddim_step``; ``priors.sampling.ddim_sample`` is the same sampler on the network's
+eps and the raw x0):
 
     x_t' = sqrt(abar_t') x0 + sqrt(1 - abar_t' - sigma_t^2) eps + sigma_t z,
     sigma_t = eta sqrt((1 - abar_t') / (1 - abar_t)) sqrt(1 - abar_t / abar_t')        (eq. 16)
@@ -17,9 +20,8 @@ Example
 
 from __future__ import annotations
 
-import math
-
-from .base import Solver, randn, register
+from ..priors.steps import ddim_step_from_x0
+from .base import Solver, register
 
 
 @register
@@ -33,20 +35,11 @@ class DDIM(Solver):
     def _solve(self, y, op, sigma_y, generator, progress, callback):
         prior = self.prior
         eta = float(self.params["eta"])
-        shape = (y.shape[0], *op.in_shape)
-        ts = [int(t) for t in self.timesteps().tolist()]
-        grid = ts + [-1]
-        abar = [float(prior.schedule.alpha_bar(t)) for t in grid]
-        x = randn(shape, generator, y)
+        noise = self.noise_source(y, op, generator)
+        x = noise()
         x0 = x
-        for i in self.iterate(range(len(ts)), progress):
-            ab_t, ab_n = abar[i], abar[i + 1]
-            x0 = prior.x0(x, grid[i])
-            eps = (x - math.sqrt(ab_t) * x0) / math.sqrt(1.0 - ab_t)
-            if callback is not None:
-                callback(i, x, prior.to_image(x0))
-            sigma = eta * math.sqrt((1.0 - ab_n) / (1.0 - ab_t)) * math.sqrt(max(1.0 - ab_t / ab_n, 0.0))
-            x = math.sqrt(ab_n) * x0 + math.sqrt(max(1.0 - ab_n - sigma**2, 0.0)) * eps
-            if sigma > 0:
-                x = x + sigma * randn(shape, generator, y)
+        for s in self.iterate(self.time_grid(), progress):
+            x0, _ = self.tweedie(x, s, callback)
+            z = noise() if eta > 0 and not s.last else None  # sigma_t > 0
+            x = ddim_step_from_x0(x, x0, s.ab_t, s.ab_prev, eta, z)
         return prior.to_image(x0)

@@ -9,16 +9,28 @@ DDNM (Section 3.2, Algorithm 1). A solution of ``A x = y`` splits into a range p
 data and a free null-space part, ``x = A^+ y + (I - A^+ A) x_bar`` (Section 3.1). At every reverse
 step the Tweedie estimate of the prior is made consistent by replacing its range-space content:
 
-    x0|t  = (x_t - sqrt(1 - abar_t) eps(x_t, t)) / sqrt(abar_t)                      (Tweedie)
+    x0|t  = E[x_0 | x_t], the prior's Tweedie estimate                               (Tweedie)
     x^0|t = A^+ y + (I - A^+ A) x0|t = x0|t + A^+ (y - A x0|t)            (range-null replacement)
 
-and the state moves to the next (skipped) level t' < t. Two updates are offered (``noise``):
+and the state moves to the next (skipped) level t' < t. Which x0|t (``clip_x0``):
 
-* ``"ddnm"`` (default), the update of the authors' code, with the network's eps:
-      x_t' = sqrt(abar_t') x^0|t + sqrt(1 - abar_t') (eta z + sqrt(1 - eta^2) eps(x_t, t)).
+* ``clip_x0=True`` (default): ``prior.x0``, which network priors clamp to their data range
+  (``NetworkPrior(clip_x0=True)``, the default of every loaded checkpoint); the eps of the update
+  below is then the noise consistent with the clamped estimate,
+  eps = (x_t - sqrt(abar_t) x0|t) / sqrt(1 - abar_t), not the network's output.
+* ``clip_x0=False``: the raw estimate of the network's eps, x0|t = (x_t - sqrt(1 - abar_t) eps) /
+  sqrt(abar_t), and that eps in the update: with ``noise="ddnm"`` and sigma_y = 0 this is exactly
+  the update of the authors' SVD-based code (``ddnm_diffusion`` in ``functions/svd_ddnm.py``;
+  ``tests/solvers/test_ddnm.py`` checks it against the update written out). The clamp matters: with the shipped prior the unclamped update diverges at eta 0
+  (benchmarks/results/solver_notes.md, DDNM). For an exact prior (``GaussianPrior``, no clamp) the
+  two settings agree up to round-off.
+
+Two updates are offered (``noise``; the coefficients are ``priors.steps.ddim_coefficients``):
+
+* ``"ddnm"`` (default), the form of the authors' update:
+      x_t' = sqrt(abar_t') x^0|t + sqrt(1 - abar_t') (eta z + sqrt(1 - eta^2) eps).
   It is not marginal preserving: with an exact denoiser its samples are under-dispersed
-  (about 0.7-0.75x the posterior variance at eta = 0.85 for a Gaussian prior, 100-1000 steps;
-  see tests/solvers/test_ddnm.py).
+  (benchmarks/results/solver_notes.md, calibration).
 * ``"ddim"``, the marginal-preserving DDIM step (Song et al. 2021, eq. 12) with x0 := x^0|t:
       x_t' = sqrt(abar_t') x^0|t + sqrt(1 - abar_t' - s_t^2) eps^ + s_t z,
       s_t  = eta sqrt((1 - abar_t') / (1 - abar_t)) sqrt(1 - abar_t / abar_t'),
@@ -47,8 +59,8 @@ update actually run: ``noise="ddnm"``: a_t = sqrt(abar_t'), sigma_t = eta sqrt(1
 ``noise="ddim"``: a_t = sqrt(abar_t') - sqrt(1 - abar_t' - s_t^2) sqrt(abar_t / (1 - abar_t)),
 sigma_t = s_t (for eta = 1 these are the paper's a_t and sigma_t). Only the range part of the SVD
 is needed (lambda and gamma act as 1 and sigma_t^2 on the null space), so besides every
-``SVDOperator`` the CT operator uses it too, through its ``partial_svd()`` (U, s, V from the Gram
-eigendecomposition): Sigma_t A^+ r = V diag(lambda_t,i / s_i) U^T r and
+``SVDOperator`` the CT operator uses it too, through its ``spectral_view`` (the range part of the
+SVD from the Gram eigendecomposition): Sigma_t A^+ r = V diag(lambda_t,i / s_i) U^T r and
 Phi_t^1/2 z = sigma_t z + V diag(sqrt(gamma_t,i) - sigma_t) V^T z. This matters there: the exact
 CT pseudo-inverse amplifies sinogram noise by up to 1/s_min (about 1e3 at 64 px), which the scalar
 form cannot see. Other operators without an SVD use the paper's scalar simplification
@@ -68,11 +80,9 @@ DDNM+'s ``eta`` defaults to None: 0.85 (as DDNM) without noise, 1.0 with noise. 
 measurement noise that Sigma_t let into the previous step; since it is the same realisation every
 step, the carried and the new copies add up coherently instead of in quadrature, and in
 coordinates where lambda_t,i < 1 the noise left in x_t' exceeds its level. With ``noise="ddnm"``
-and eta = 1 (c_eps = 0) x_t' is built from x^0|t and fresh noise only. Measured with the shipped
-natural prior (8 CBSD68 crops, 20 steps, sigma_y = 0.05): Gaussian deblurring 16.4 dB at eta 0.85
-vs 24.8 dB at eta 1 (DDRM 25.1), 4x SR 22.5 vs 23.4 dB; CT 18 views, sigma_y = 0.01: 32.1 vs 32.6 dB.
-(``noise="ddim"`` with eta = 1, the DDPM posterior of Algorithm 2, keeps the x_t term and also
-fails on deblurring, 12.4 dB.)
+and eta = 1 (c_eps = 0) x_t' is built from x^0|t and fresh noise only; ``noise="ddim"`` with eta = 1
+(the DDPM posterior of Algorithm 2) keeps the x_t term (measured on deblurring, SR and CT:
+benchmarks/results/solver_notes.md, DDNM).
 
 Time travel (Section 3.4, the time-travel trick): after every ``travel_length`` (L) reverse steps,
 the state x_t at grid position k is pushed back L grid steps with the forward process
@@ -80,15 +90,38 @@ the state x_t at grid position k is pushed back L grid steps with the forward pr
 are redone; this happens ``travel_repeat`` (r) times at each such position (as in RePaint's jump
 schedule), costing r L extra network evaluations per jump point. ``travel_length = 0`` disables it.
 
-Calibration of the spread (:mod:`diffinv.posterior`; tests/solvers/test_posterior_calibration.py: exact Gaussian posterior, correlated
-6x6 prior, 18 of 36 pixels observed, 2000 samples). Nominal 50% / 90% per-pixel intervals cover
-draws of the exact posterior at: DDNM, 100 steps: 0.46 / 0.87, variance ratio 0.98; DDNM
-noise="ddim", 100 steps: 0.56 / 0.94, variance ratio 1.94 (over-dispersed and biased: with a prior
-correlated across the range and null spaces the replacement is not the posterior, and the
-near-nominal coverage is two errors cancelling); DDNM+ with sigma_y = 0.05: 0.23 / 0.50, variance
-ratio 0.46 (the same noise realisation in every sample, see above: its spread misses the
-measurement noise). Where the prior is diagonal in the operator's singular basis, noise="ddim",
-eta = 1, 1000 steps is exact: 0.49 / 0.89, variance ratio 0.97.
+Calibration of the spread against an exact Gaussian posterior (:mod:`diffinv.posterior`,
+tests/solvers/test_posterior_calibration.py): benchmarks/results/solver_notes.md.
+
+Deviations from the authors' code (github.com/wyhuai/DDNM: ``functions/svd_ddnm.py``, and
+``simplified_ddnm_plus`` / ``svd_based_ddnm_plus`` in ``guided_diffusion/diffusion.py``):
+
+* x0|t is clamped to the data range and eps rebuilt from it (``clip_x0=True``, see above); theirs
+  is the raw x0|t and the network's eps (``clip_x0=False``). Side by side on sr4 (same network,
+  operator, schedule and x_T) the clamp was the whole difference (solver_notes.md).
+* Time grid: ours is ``priors.steps.grid_times``; theirs is t_i = i * skip, skip = T // S. The two
+  agree when S divides T (100 steps: 990, ..., 10, 0); otherwise ours is round(linspace(0, T - 1, S))
+  and starts at T - 1 (3 steps: 999, 500, 0 against their 666, 333, 0).
+* ``noise="ddim"`` is ours; ``"ddnm"`` is their update (the paper's Algorithm 1 writes the DDPM
+  posterior instead).
+* DDNM+ (sigma_y > 0): their SVD path compares s_i sigma_t with a_t sigma_y using
+  sigma_t = sqrt(1 - abar_t') whatever eta, multiplies lambda_t,i by sqrt(1 - eta^2) where it is < 1,
+  and drops the eps term in every observed coordinate (fresh noise of std eta sigma_t where
+  s_i sigma_t < a_t sigma_y, sqrt(sigma_t^2 - a_t^2 sigma_y^2 / s_i^2) where it is larger); their
+  simplified path (no SVD) uses one scalar lambda_t, computed with sqrt(1 - abar_t'^2) and
+  abar_t' (not its root) for a_t, and scales both noise terms by gamma_t (sqrt(1 - abar_t'^2) when
+  sigma_y = 0, so that path differs from their SVD one even without noise). Ours derives lambda and
+  gamma from the update actually run, for every operator with a spectral view (CT included), and
+  keeps the c_eps eps term.
+* Time travel: theirs follows RePaint's jump schedule, with jump points counted from the end of the
+  grid, ``travel_repeat`` counting passes (r - 1 jumps per point), and each jump re-noising their
+  last raw x0|t to the level L steps back, q(x_t'' | x0|t); ours jumps r times per point, counts
+  points from the start, and noises the state itself forward, q(x_t'' | x_t).
+* Their ``sigma_y`` is given for [0, 1] images and doubled for the [-1, 1] model space; ours is
+  divided by the prior's scale, the same for [-1, 1] models.
+* Colorization: their SVD path observes (0.3333, 0.3334, 0.3333) x, their simplified path the
+  channel mean; our ``colorize`` uses BT.601 luma weights (``Colorize(shape, weights="mean")``: the
+  channel mean).
 
 Example
 -------
@@ -103,44 +136,11 @@ import math
 
 import torch
 
-from ..operators.base import SVDOperator
-from .base import Solver, randn, register
+from ..priors.steps import VARIANCES, ddim_coefficients, eps_from_x0, forward_jump, x0_from_eps
+from .base import Solver, register
 
-_NOISE_MODES = ("ddnm", "ddim")
-
-
-def _svd_singulars_full(op: SVDOperator, like: torch.Tensor) -> torch.Tensor:
-    """Singular values padded to length n (zeros in the null space), with the operator's pinv threshold."""
-    s = op.singulars_like(like).abs()
-    full = torch.zeros(op.n, dtype=like.dtype, device=like.device)
-    if s.numel():
-        keep = s > op.pinv_threshold * s.max()
-        full[: s.numel()] = torch.where(keep, s, torch.zeros_like(s))
-    return full
-
-
-def _spectral_basis(op, like: torch.Tensor):
-    """``(s, Vt, V)`` for the spectral DDNM+ correction, or None when ``op`` exposes no SVD.
-
-    ``s`` are singular values (zeros where the pseudo-inverse drops them), ``Vt`` maps an image batch
-    to its coordinates along the matching right singular vectors and ``V`` maps coordinates back.
-    For an ``SVDOperator`` V is a full basis; for operators with ``partial_svd()`` (CT) only the range
-    part, which is all the correction needs.
-    """
-    if isinstance(op, SVDOperator) and op.has_svd:
-        return _svd_singulars_full(op, like), op.Vt, op.V
-    if hasattr(op, "partial_svd"):
-        _, s, Vr = op.partial_svd(dtype=like.dtype, device=like.device)
-        shape = tuple(op.in_shape)
-
-        def Vt(x: torch.Tensor) -> torch.Tensor:
-            return x.reshape(x.shape[0], -1) @ Vr
-
-        def V(c: torch.Tensor) -> torch.Tensor:
-            return (c @ Vr.T).reshape(c.shape[0], *shape)
-
-        return s, Vt, V
-    return None
+#: the ``noise`` modes: the parametrisations of ``priors.steps.ddim_coefficients``
+_NOISE_MODES = VARIANCES
 
 
 @register
@@ -149,17 +149,18 @@ class DDNM(Solver):
 
     name = "ddnm"
     description = "DDNM (Wang et al. 2022): range-null-space projection of x0|t each step; exact A x = y"
-    defaults = {"steps": 100, "eta": 0.85, "noise": "ddnm"}
+    defaults = {"steps": 100, "eta": 0.85, "noise": "ddnm", "clip_x0": True}
     #: per operator family (``Solver.task_defaults``; DDNM+ inherits them). CT: 50 steps, chosen on
-    #: the validation split of benchmarks/ct.py (ct_sweep.md: +0.9 dB from 25 to 50 steps at 8 and
-    #: 18 views); 38.1 dB at 18 views on the test phantoms (FBP 27.8), ct-noisy: 37.0 dB with DDNM+.
+    #: the validation split of benchmarks/ct.py (benchmarks/results/solver_notes.md, DDNM).
     task_defaults = {"ct": {"steps": 50}}
-    supports_noise = False
+    ends_consistent = True
 
     def validate_params(self) -> None:
         super().validate_params()
         if self.params["noise"] not in _NOISE_MODES:
             raise ValueError(f"noise must be one of {_NOISE_MODES}, got {self.params['noise']!r}")
+        if not isinstance(self.params["clip_x0"], bool):
+            raise ValueError(f"clip_x0 must be True or False, got {self.params['clip_x0']!r}")
         for key in ("travel_length", "travel_repeat"):
             if key in self.params:
                 v = self.params[key]
@@ -175,19 +176,16 @@ class DDNM(Solver):
     def _eta(self, sigma_z: float) -> float:
         return float(self.params["eta"])
 
-    def _coefficients(self, ab_t: float, ab_n: float, eta: float):
-        """(a_t, sigma_t, c_eps) of the update x_t' = a x^0 + c_eps eps + sigma_t z (see module doc).
+    def _coefficients(self, ab_t: float, ab_prev: float, eta: float):
+        """(a_t, sigma_t, c_eps) of the update x_t' = a x^0 + c_eps eps + sigma_t z (see module doc):
+        ``priors.steps.ddim_coefficients`` with ``variance=noise``.
 
         For ``noise="ddim"`` the eps^ term itself contains x^0|t, which is folded into ``a_t``.
         """
-        if self.params["noise"] == "ddnm":
-            sigma = eta * math.sqrt(1.0 - ab_n)
-            c_eps = math.sqrt(1.0 - ab_n) * math.sqrt(max(1.0 - eta**2, 0.0))
-            return math.sqrt(ab_n), sigma, c_eps
-        # DDIM (Song et al. 2021, eq. 16): sigma_t(eta)
-        sigma = eta * math.sqrt((1.0 - ab_n) / (1.0 - ab_t)) * math.sqrt(max(1.0 - ab_t / ab_n, 0.0))
-        c_eps = math.sqrt(max(1.0 - ab_n - sigma**2, 0.0))
-        a = math.sqrt(ab_n) - c_eps * math.sqrt(ab_t / (1.0 - ab_t))
+        sigma, c_eps = ddim_coefficients(ab_t, ab_prev, eta, variance=self.params["noise"])
+        a = math.sqrt(ab_prev)
+        if self.params["noise"] == "ddim":
+            a -= c_eps * math.sqrt(ab_t / (1.0 - ab_t))
         return a, sigma, c_eps
 
     def _correct(self, x0, y_z, op, sigma_z, a, sigma, z):
@@ -197,7 +195,7 @@ class DDNM(Solver):
             noise = None if z is None else sigma * z
             return x0_hat, noise
         resid = op.pinv(op.A(x0) - y_z)  # A^+ (A x0|t - y)
-        spectral = _spectral_basis(op, x0)
+        spectral = op.spectral_view(x0)  # full SVD, CT's range SVD, or None
         if spectral is not None:
             s, Vt, V = spectral  # zeros in s where A^+ drops the direction
             obs = s > 0
@@ -226,14 +224,12 @@ class DDNM(Solver):
 
     def _sample(self, y_z, op, sigma_z, travel_length, travel_repeat, generator, progress, callback):
         prior = self.prior
-        sched = prior.schedule
-        ts = [int(t) for t in self.timesteps().tolist()]
-        grid = ts + [-1]
-        abar = [float(sched.alpha_bar(t)) for t in grid]
-        S = len(ts)
+        grid = self.time_grid()
+        S = len(grid)
         eta = self._eta(sigma_z)
-        shape = (y_z.shape[0], *op.in_shape)
-        x = randn(shape, generator, y_z)  # x_T ~ N(0, I)
+        clip = self.params["clip_x0"]
+        draw = self.noise_source(y_z, op, generator)
+        x = draw()  # x_T ~ N(0, I)
         x0_hat = x
         pos, step = 0, 0
         jumps: dict[int, int] = {}
@@ -241,18 +237,22 @@ class DDNM(Solver):
         bar = self.iterate(range(total), progress)
         it = iter(bar)
         while pos < S:
-            t, ab_t, ab_n = grid[pos], abar[pos], abar[pos + 1]
-            x0 = prior.x0(x, t)  # x0|t, Tweedie
-            a, sigma, c_eps = self._coefficients(ab_t, ab_n, eta)
-            z = randn(shape, generator, y_z) if sigma > 0 else None
+            s = grid[pos]
+            if clip:  # x0|t as the prior gives it (clamped to the data range if the prior clamps)
+                eps, x0 = None, prior.x0(x, s.t)
+            else:  # the authors' code: the raw x0|t of the network's eps
+                eps = prior.eps(x, s.t)
+                x0 = x0_from_eps(x, eps, s.ab_t)
+            a, sigma, c_eps = self._coefficients(s.ab_t, s.ab_prev, eta)
+            z = draw() if sigma > 0 else None
             x0_hat, noise = self._correct(x0, y_z, op, sigma_z, a, sigma, z)
-            if self.params["noise"] == "ddnm":
-                eps = (x - math.sqrt(ab_t) * x0) / math.sqrt(1.0 - ab_t)  # network eps
-            else:
-                eps = (x - math.sqrt(ab_t) * x0_hat) / math.sqrt(1.0 - ab_t)  # eps consistent with x^0|t
+            if self.params["noise"] == "ddim":
+                eps = eps_from_x0(x, x0_hat, s.ab_t)  # eps^, consistent with x^0|t
+            elif eps is None:
+                eps = eps_from_x0(x, x0, s.ab_t)  # consistent with the (clamped) x0|t
             if callback is not None:
                 callback(step, x, prior.to_image(x0_hat))
-            x = math.sqrt(ab_n) * x0_hat + c_eps * eps
+            x = math.sqrt(s.ab_prev) * x0_hat + c_eps * eps
             if noise is not None:
                 x = x + noise
             pos += 1
@@ -264,8 +264,8 @@ class DDNM(Solver):
                 if done < travel_repeat:
                     jumps[pos] = done + 1
                     back = pos - travel_length
-                    ratio = abar[back] / abar[pos]
-                    x = math.sqrt(ratio) * x + math.sqrt(1.0 - ratio) * randn(shape, generator, y_z)
+                    ab = grid.alpha_bars
+                    x = forward_jump(x, ab[pos], ab[back], draw())
                     pos = back
         if hasattr(bar, "close"):
             bar.close()
@@ -278,8 +278,14 @@ class DDNMPlus(DDNM):
 
     name = "ddnm+"
     description = "DDNM+ (Wang et al. 2022): noise-scaled range correction (per singular value) + time travel"
-    defaults = {"steps": 100, "eta": None, "noise": "ddnm", "travel_length": 0, "travel_repeat": 1}
-    supports_noise = True
+    defaults = {
+        "steps": 100,
+        "eta": None,
+        "noise": "ddnm",
+        "clip_x0": True,
+        "travel_length": 0,
+        "travel_repeat": 1,
+    }
 
     def _eta(self, sigma_z: float) -> float:
         """``eta``, or for ``eta=None`` 0.85 without noise and 1.0 with noise (see the module doc)."""

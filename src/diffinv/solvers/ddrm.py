@@ -24,12 +24,32 @@ The last step goes to the clean end (``sigma = 0``), where every case has zero v
 is ``x_bar_theta`` in unobserved and noisy coordinates and ``(1 - eta_b) x_bar_theta + eta_b y_bar``
 where ``sigma_y = 0`` (so ``eta_b = 1`` gives ``A x = y`` exactly). Singular values at or below the
 operator's ``pinv_threshold`` are treated as zero (unobserved), as its pseudo-inverse does.
-Timesteps: uniform skip over the prior's schedule (``steps`` network evaluations).
+Timesteps: ``priors.steps.TimeGrid`` over the prior's schedule (``steps`` network evaluations).
+x0(x_t, t) is the prior's Tweedie estimate, which network priors clamp to their data range; the
+first case's (x_bar_{t+1} - x_bar_theta) / sigma_{t+1} is then the noise consistent with the clamped
+estimate.
 
-Calibration of the spread (:mod:`diffinv.posterior`; tests/solvers/test_posterior_calibration.py: exact Gaussian posterior, correlated
-6x6 prior, 18 of 36 pixels observed, 2000 samples): nominal 50% / 90% per-pixel intervals cover
-draws of the exact posterior at 0.46 / 0.87 (variance ratio 1.32) without noise and 0.44 / 0.85
-(variance ratio 1.07) with sigma_y = 0.05, 20 steps, eta 0.85.
+Calibration of the spread against an exact Gaussian posterior (:mod:`diffinv.posterior`,
+tests/solvers/test_posterior_calibration.py): benchmarks/results/solver_notes.md.
+
+Deviations from the authors' code (github.com/bahjat-kawar/ddrm, ``efficient_generalized_steps``):
+
+* x_bar_theta comes from the clamped x0 (network priors), and the unobserved coordinates use the
+  noise consistent with it; theirs are the raw x0 and ``V^T`` of the network's eps (equal without
+  the clamp).
+* Last step, sigma_y = 0: their case tests are strict (``s_i sigma_t > sigma_y`` / ``<``), so at
+  sigma = 0 every observed coordinate falls into the unobserved case and the output is x_bar_theta,
+  which does not satisfy ``A x = y``; ours takes the "noisier than y" case there (sigma_t >= sigma_y /
+  s_i), so eta_b = 1 gives ``A x = y`` exactly. At other steps the two differ only on the measure-zero
+  boundary sigma_t = sigma_y / s_i.
+* Initial state: theirs divides the VE state by sigma_T to get the VP one, ours multiplies by
+  sqrt(abar_T) (the exact conversion): in the observed coordinates the two differ by the factor
+  sqrt(1 - abar_T) (about 1 - 2e-5 for the linear 1000-step schedule).
+* Time grid: theirs is ``range(0, T, T // S)``, ceil(T / (T // S)) steps (more than S when S does not
+  divide T: 3 steps give 0, 333, 666, 999); ours is ``priors.steps.grid_times`` (exactly S steps;
+  the same grid when S divides T).
+* Small singular values: ours are zero at or below the operator's ``pinv_threshold`` (relative);
+  theirs are whatever each of their operators keeps (some zero below a fixed absolute value).
 
 Example
 -------
@@ -44,7 +64,6 @@ import math
 import torch
 
 from .base import Solver, randn, register
-from .ddnm import _svd_singulars_full
 
 
 @register
@@ -55,6 +74,7 @@ class DDRM(Solver):
     description = "DDRM (Kawar et al. 2022): spectral-domain posterior sampling; needs an SVD operator"
     defaults = {"steps": 20, "eta": 0.85, "eta_b": 1.0}
     requires_svd = True
+    ends_consistent = True
 
     def validate_params(self) -> None:
         super().validate_params()
@@ -68,7 +88,7 @@ class DDRM(Solver):
         B, n = y.shape[0], op.n
         like = y_z
 
-        s = _svd_singulars_full(op, like)  # (n,), zeros = unobserved
+        s = op.singulars_full(like)  # (n,), zeros = unobserved
         obs = s > 0
         safe_s = torch.where(obs, s, torch.ones_like(s))
         k = op.singulars().numel()
@@ -79,45 +99,41 @@ class DDRM(Solver):
         # std of the noise of y_bar; +inf where unobserved
         noise = torch.where(obs, sigma_z / safe_s, torch.full_like(s, math.inf))
 
-        ts = [int(t) for t in self.timesteps().tolist()]
-        grid = ts + [-1]
-        abar = [float(prior.schedule.alpha_bar(t)) for t in grid]
-        sig = [math.sqrt((1.0 - a) / a) for a in abar]  # VE noise levels; 0 at the clean end
+        grid = self.time_grid()  # VE noise levels grid.sigmas, 0 at the clean end
 
         # Initial state, eq. 7 (VE spectral coordinates).
         z = randn((B, n), generator, like)
-        sig_T = sig[0]
+        sig_T = grid.sigmas[0]
         start_obs = obs & (sig_T >= noise)
         x_bar = torch.where(
             start_obs,
             y_bar
             + (sig_T**2 - torch.where(start_obs, noise, torch.zeros_like(noise)) ** 2).clamp_min(0).sqrt()
             * z,
-            z / math.sqrt(abar[0]),
+            z / math.sqrt(grid.alpha_bars[0]),
         )
         x0_bar = x_bar
-        for i in self.iterate(range(len(ts)), progress):
-            t, ab_t = grid[i], abar[i]
-            sig_t, sig_n = sig[i], sig[i + 1]
-            x_t = math.sqrt(ab_t) * op.V(x_bar)  # VP state
-            x0 = prior.x0(x_t, t)
+        for step in self.iterate(grid, progress):
+            sig_t, sig_prev = step.sigma, step.sigma_prev
+            x_t = math.sqrt(step.ab_t) * op.V(x_bar)  # VP state
+            x0 = prior.x0(x_t, step.t)
             if callback is not None:
-                callback(i, x_t, prior.to_image(x0))
+                callback(step.i, x_t, prior.to_image(x0))
             x0_bar = op.Vt(x0)
             z = randn((B, n), generator, like)
             c = math.sqrt(max(1.0 - eta**2, 0.0))
             # unobserved (s_i = 0), eq. 8 first case
-            mean_u = x0_bar + c * sig_n * (x_bar - x0_bar) / sig_t
-            std_u = torch.full_like(s, eta * sig_n)
+            mean_u = x0_bar + c * sig_prev * (x_bar - x0_bar) / sig_t
+            std_u = torch.full_like(s, eta * sig_prev)
             # observed, sigma_t < sigma_y / s_i: pulled towards y_bar
-            weak = obs & (sig_n < noise)
+            weak = obs & (sig_prev < noise)
             safe_noise = torch.where(weak, noise, torch.ones_like(noise))
-            mean_w = x0_bar + c * sig_n * (y_bar - x0_bar) / safe_noise
+            mean_w = x0_bar + c * sig_prev * (y_bar - x0_bar) / safe_noise
             # observed, sigma_t >= sigma_y / s_i
             strong = obs & ~weak
             mean_s = (1.0 - eta_b) * x0_bar + eta_b * y_bar
             fin = torch.where(strong, noise, torch.zeros_like(noise))
-            std_s = (sig_n**2 - (eta_b * fin) ** 2).clamp_min(0.0).sqrt()
+            std_s = (sig_prev**2 - (eta_b * fin) ** 2).clamp_min(0.0).sqrt()
             mean = torch.where(strong, mean_s, torch.where(weak, mean_w, mean_u))
             std = torch.where(strong, std_s, std_u)
             x_bar = mean + std * z

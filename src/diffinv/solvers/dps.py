@@ -7,7 +7,7 @@ The likelihood p(y | x_t) is approximated by p(y | x0|t) with the Tweedie estima
 Section 3), so that its gradient w.r.t. x_t is a vector-Jacobian product through the network.
 Algorithm 1 (Gaussian measurement noise), for i = N-1, ..., 0:
 
-    x0|i      = (x_i - sqrt(1 - abar_i) eps(x_i, i)) / sqrt(abar_i)                       (Tweedie)
+    x0|i      = E[x_0 | x_i], the prior's Tweedie estimate (clamped by network priors)   (Tweedie)
     x'_{i-1}  = DDPM ancestral step from x_i with x0|i (eta = 1 DDIM = q(x_{i-1} | x_i, x0|i))
     x_{i-1}   = x'_{i-1} - zeta_i grad_{x_i} || y - A x0|i ||_2^2,   zeta_i = zeta / || y - A x0|i ||
 
@@ -26,10 +26,23 @@ small residual norms, so the per-pixel step grows as the image shrinks and a sma
 
 NFE: one network evaluation per step, with back-propagation through it.
 
-Calibration of the spread (:mod:`diffinv.posterior`; tests/solvers/test_posterior_calibration.py: exact Gaussian posterior, correlated
-6x6 prior, 18 of 36 pixels observed, noiseless, 2000 samples): with 200 steps and zeta = 0.2 nominal
-50% / 90% per-pixel intervals cover draws of the exact posterior at 0.43 / 0.83, variance ratio
-0.75 (under-dispersed).
+Calibration of the spread against an exact Gaussian posterior (:mod:`diffinv.posterior`,
+tests/solvers/test_posterior_calibration.py): under-dispersed, benchmarks/results/solver_notes.md.
+
+Deviations from the authors' code (github.com/DPS2022/diffusion-posterior-sampling,
+``PosteriorSampling`` in ``condition_methods.py``, ``p_sample_loop`` in ``gaussian_diffusion.py``):
+
+* Variance of the DDPM step: theirs is ADM's learned variance (``model_var_type: learned_range``,
+  from the network's extra output channels); ours is the posterior variance
+  beta~ = (1 - abar_{i-1}) / (1 - abar_i) beta_i (the extra channels are dropped). Both use the
+  posterior mean of x0|i clamped to the data range (their ``clip_denoised: True``, our network
+  priors' ``clip_x0``), and neither adds noise at the last step.
+* ||y - A x0|i|| is one norm over the whole batch in their code (run with batch size 1), per sample
+  here.
+* Step size: their ``scale`` multiplies grad ||r||, so scale = 2 zeta (see above).
+* Time grid: they run all 1000 steps; fewer steps would use ADM's ``space_timesteps`` (rounded
+  linspace including t = T - 1, with respaced betas), ours ``priors.steps.grid_times`` (uniform skip
+  when S divides T).
 
 Example
 -------
@@ -41,8 +54,8 @@ from __future__ import annotations
 
 import math
 
-from ._guidance import bnorm, ddim_step, eps_from_x0, safe_div, x0_with_vjp
-from .base import Solver, randn, register
+from ..priors.steps import bnorm, ddim_step_from_x0, safe_div
+from .base import Solver, register
 
 
 @register
@@ -55,7 +68,7 @@ class DPS(Solver):
     )
     defaults = {"steps": 1000, "zeta": 1.0}
     #: per operator family (``Solver.task_defaults``). CT: benchmarks/ct.py's setting (25 steps,
-    #: zeta 0.1 from its validation grid); DPS stays below FBP there (21.3 dB at 18 views, FBP 27.8).
+    #: zeta 0.1 from its validation grid; benchmarks/results/solver_notes.md, DPS).
     task_defaults = {"ct": {"steps": 25, "zeta": 0.1}}
 
     def validate_params(self) -> None:
@@ -66,21 +79,14 @@ class DPS(Solver):
 
     def _solve(self, y, op, sigma_y, generator, progress, callback):
         prior = self.prior
-        sched = prior.schedule
         y_z, _ = self.measurement_to_model(y, op, sigma_y)
         zeta = float(self.params["zeta"])
-        ts = [int(t) for t in self.timesteps().tolist()]
-        grid = ts + [-1]
-        shape = (y_z.shape[0], *op.in_shape)
-        x = randn(shape, generator, y_z)  # x_N ~ N(0, I)
-        for i in self.iterate(range(len(ts)), progress):
-            t = grid[i]
-            ab_t, ab_prev = float(sched.alpha_bar(t)), float(sched.alpha_bar(grid[i + 1]))
-            x0, vjp = x0_with_vjp(prior, x, t, need_grad=zeta > 0)  # x0|i      (Tweedie)
-            if callback is not None:
-                callback(i, x, prior.to_image(x0))
-            z = randn(shape, generator, y_z)
-            x_prev = ddim_step(x0, eps_from_x0(x, x0, ab_t), ab_t, ab_prev, 1.0, z)  # x'_{i-1}
+        noise = self.noise_source(y_z, op, generator)
+        x = noise()  # x_N ~ N(0, I)
+        for s in self.iterate(self.time_grid(), progress):
+            x0, vjp = self.tweedie(x, s, callback, need_grad=zeta > 0)  # x0|i (Tweedie)
+            # x'_{i-1}: DDPM posterior q(x_{i-1} | x_i, x0|i) (DDIM with eta = 1)
+            x_prev = ddim_step_from_x0(x, x0, s.ab_t, s.ab_prev, 1.0, noise())
             if zeta > 0:
                 r = y_z - op.A(x0)  # y - A x0|i
                 # -grad_{x_i} ||r||^2 = 2 J^T A^T r ;  zeta_i = zeta / ||r||

@@ -25,10 +25,15 @@ and in addition never lets the image-space gradient be longer than 1, alpha_i = 
 For W = A^+ (||g|| = ||W r||) and for operators with ||A|| <= 1 (masks, pooling, blur, colour,
 orthonormal CS: ||A^T r|| <= ||r||) this is the authors' alpha / ||W r||. For CT with W = I,
 ||A^T r|| / ||r|| is about 30 (line integrals), and alpha / ||r|| made MCG-VP with its defaults
-diverge: 18.0 dB on the shipped chest slice at 18 views, 1000 steps (FBP 21.1), 19.8 dB on
-phantoms at 100 steps (FBP 27.0); with the max, 27.0 and 38.9 dB (see ``_mcg_direction``).
-``grad_weight = 0`` removes exactly the term and leaves the projection-only sampler the paper
-compares against (score-SDE / ILVR-style replacement).
+diverge (``_mcg_direction``; benchmarks/results/solver_notes.md, MCG). ``grad_weight = 0`` removes
+exactly the term and leaves the projection-only sampler the paper compares against (score-SDE /
+ILVR-style replacement).
+
+Two classes share that gradient (:class:`MCG`, the registered name "mcg"): ``form`` chooses the
+class, ``get("mcg", prior)`` or ``form="vp"`` builds :class:`MCGVP`, ``form="ve"`` :class:`MCGVE`.
+The VP form takes ``steps``, ``grad_weight`` and ``weight_matrix``; the VE form also ``snr``,
+``lam``, ``lam_end``, ``lam_schedule``, ``ve_projection``, ``null_space_grad`` and ``predictor``,
+which passed to the VP form are an error (ValueError naming the parameter and its form).
 
 VP form (``form="vp"``, the paper's inpainting/colorisation setting with ADM-type models): the
 reverse step is the DDPM ancestral step q(x_{i-1} | x_i, x0|i) over the (possibly skipped) grid, and
@@ -53,7 +58,7 @@ predictor-corrector sampling (score-SDE) over the VE view of the prior, sigma_i 
 ``prior.schedule.sigmas[t_i]`` on the selected grid, x_N ~ N(0, sigma_N^2 I). Each step:
 
     corrector + MCG:  x0 = x0_ve(x, t_i),  s = (x0 - x) / sigma_i^2                      (1 NFE)
-                      x' = x + e s + sqrt(2 e) z,  e = 2 (snr ||z|| / ||s||)^2              (Langevin)
+                      x' = x + e s + sqrt(2 e) z,  e = 2 (snr ||z|| / ||s||)^2 per sample   (Langevin)
                       x'' = x' + 2 alpha (I - A^+ A) J^T W^T W r / ||W r||,  r = y - A x0   (MCG, step 4)
     projection:       x''' = x'' + lam_i A^T (y_i - A x'') / (A^T A 1),  y_i = y + sigma_i A z   (relaxed)
     predictor:        x = x''' + (sigma_i^2 - sigma_{i-1}^2) s(x''') + sqrt(sigma_i^2 - sigma_{i-1}^2) z  (1 NFE)
@@ -74,7 +79,7 @@ projected exactly, ``x + A^+ (y - A x)``, so that A x = y; with noise it is retu
 Random draws per step: Langevin noise, measurement noise, predictor noise.
 
 Defaults. The paper runs 1000 (VP, ADM) and 2000 (VE, CT) steps. VP steps cannot exceed the prior's
-training steps; the VE grid is continuous beyond them (``Solver.ve_levels``: times between training
+training steps; the VE grid is continuous beyond them (``Solver.time_grid(continuous=True)``: times between training
 levels, sigma interpolated in log sigma; at most ``MAX_VE_STEPS``), so ``form="ve", steps=2000,
 predictor="reverse-diffusion"`` runs the paper's CT setting. The generic default is 1000 steps for
 both forms. Per operator family (``diffinv.families``), ``task_defaults`` (VP) and
@@ -95,6 +100,32 @@ restriction). CT's ``op.pinv`` is exact and cheap up to about 64x64 (a cached Gr
 eigendecomposition); for large geometries it falls back to conjugate gradients, which then dominates --
 use ``weight_matrix="identity"``, ``null_space_grad=False`` there.
 
+Deviations from the authors' code (github.com/HJ-harry/MCG_diffusion: ``p_sample_loop_progressive``
+in ``guided_diffusion/gaussian_diffusion.py`` for VP inpainting, ``get_pc_radon_MCG`` in
+``controllable_generation.py`` for VE CT; the VP update is also ``ManifoldConstraintGradient`` of
+github.com/DPS2022/diffusion-posterior-sampling):
+
+* Step length: theirs is ``scale * grad ||W r||`` (scale 1 in the inpainting code; weight 0.1 on
+  ||A^+ r|| for CT), ours ``2 alpha J^T g / max(||W r||, ||g||)``: grad_weight = scale / 2 where
+  ||A|| <= 1 or W = A^+ (the VP default 1.0 is twice their inpainting step). The max is ours.
+* VP: they noise y to the level of the current step x_i, with noise at pixel size (masked), so
+  even the last projection is onto a noisy y (std sqrt(1 - abar_0) ~ 0.01); ours noises it to the
+  level of x_{i-1} as ``A z``, and the last projection is onto y (A x = y). Their DDPM step uses
+  ADM's learned variance, ours the posterior variance; they run all 1000 steps. Their gradient is
+  masked to the unobserved pixels; ours is not restricted in the VP form, which is the same after a
+  hard projection (it replaces the range-space part) but not after our relaxed one for noisy data.
+* VE: their loop takes the predictor first, then the corrector with the MCG gradient and the
+  projection, and returns the last corrector's output; ours takes corrector + gradient + projection,
+  then the predictor, and returns the last predictor's mean (projected onto y when sigma_y = 0).
+  Their projection residual is taken before the gradient step, ours after it; their null-space
+  restriction goes through the full-view CT operator, ``A_all^+ ((1 - mask) A_all g)``, ours is
+  ``(I - A^+ A) g``. Their grid is continuous time ``linspace(1, eps, N)`` of their network's VE SDE,
+  ours the prior's noise levels. Their Langevin step averages the norms over the batch (score-SDE's
+  code), ours takes them per sample; their measurement noise (when on) is drawn in sinogram space,
+  ours as ``A z``.
+* x0 is the prior's estimate, clamped to the data range by network priors (their VP code clamps
+  too, ``clip_denoised``; their VE code uses the raw x + sigma^2 s).
+
 Example
 -------
 >>> x = get("mcg", prior, steps=1000)(y, op, generator=torch.Generator().manual_seed(0))   # doctest: +SKIP
@@ -108,147 +139,152 @@ import math
 
 import torch
 
-from ..priors.schedules import MAX_VE_STEPS
-from ._guidance import (
+from ..priors.steps import (
+    MAX_VE_STEPS,
     VE_PREDICTORS,
     bnorm,
     check_predictor,
-    damped_pinv,
-    ddim_step,
-    eps_from_x0,
+    ddim_step_from_x0,
     langevin_step,
-    noised_measurement,
     safe_div,
-    x0_with_vjp,
 )
-from .base import Solver, randn, register
+from ._guidance import noised_measurement
+from .base import Solver, register
 
 _FORMS = ("vp", "ve")
 _WEIGHTS = ("auto", "identity", "pinv")
 _LAM_SCHEDULES = ("constant", "linear")
 _VE_PROJECTIONS = ("auto", "sart", "pinv")
-_DEFAULT_GRAD_WEIGHT = {"vp": 1.0, "ve": 0.05}
-_DEFAULT_WEIGHT_MATRIX = {"vp": "identity", "ve": "pinv"}
+
+#: the parameters of both forms
+_COMMON = {"steps": 1000, "grad_weight": None, "weight_matrix": "auto"}
+#: the parameters of the VE (predictor-corrector) form only
+_VE_ONLY = {
+    "snr": 0.16,
+    "lam": 1.0,
+    "lam_end": 0.6,
+    "lam_schedule": "linear",
+    "ve_projection": "auto",
+    "null_space_grad": True,
+    "predictor": "reverse-diffusion",
+}
+
+
+def _form_class(form) -> type[MCG]:
+    """The class of MCG's form ``form`` ("vp": :class:`MCGVP`, "ve": :class:`MCGVE`)."""
+    if form not in _FORMS:
+        raise ValueError(f"form must be one of {_FORMS}, got {form!r}")
+    return MCGVP if form == "vp" else MCGVE
 
 
 @register
 class MCG(Solver):
-    """Manifold constrained gradient + projection; VP (DDPM) or VE (predictor-corrector) form."""
+    """MCG, registered as "mcg": ``MCG(prior, form=...)`` builds the form's class (:class:`MCGVP`,
+    the default, or :class:`MCGVE`); both share the manifold constrained gradient (:meth:`_mcg_direction`).
+
+    The class attributes describe both forms for the registry and the CLI: ``defaults`` lists every
+    parameter (each form accepts its own), ``task_defaults`` / ``ve_task_defaults`` are the two
+    forms' family defaults, and the class methods :meth:`family_defaults` / :meth:`resolve_params`
+    answer for the form named in ``params`` (VP when absent).
+    """
 
     name = "mcg"
     description = (
         "MCG (Chung et al. 2022): reverse step + manifold-constrained gradient + measurement projection"
     )
-    defaults = {
-        "form": "vp",
-        "steps": 1000,
-        "grad_weight": None,
-        "weight_matrix": "auto",
-        "snr": 0.16,
-        "lam": 1.0,
-        "lam_end": 0.6,
-        "lam_schedule": "linear",
-        "ve_projection": "auto",
-        "null_space_grad": True,
-        "predictor": "reverse-diffusion",
-    }
-    #: per operator family, form "vp" (``Solver.task_defaults``). CT: 25 steps (benchmarks/ct.py,
-    #: flat beyond on its validation split). grad_weight stays 1: on that split (8 / 18 views) 3 was
-    #: best without noise (32.6 / 37.3 dB against 31.5 / 36.7) but worse with sigma_y = 0.01
-    #: (29.3 / 30.4 against 30.9 / 34.3; projection only 27.7 / 34.2), and 1 also holds at 1000
-    #: steps (27.0 dB on the shipped chest slice, FBP 21.1).
+    ends_consistent = True  # both forms end with the measurement projection
+    defaults = {"form": "vp", **_COMMON, **_VE_ONLY}
+    #: per operator family, VP form (``Solver.task_defaults``). CT: 25 steps (benchmarks/ct.py's
+    #: validation split; grad_weight stays 1: see benchmarks/results/solver_notes.md, MCG).
     task_defaults = {"ct": {"steps": 25}}
-    #: per operator family, form "ve": CT as benchmarks/ct.py runs it (10 steps, the ancestral
-    #: predictor; its validation grid of grad_weight 0 / 0.05 / 0.2 spanned 0.08 dB, so the authors'
-    #: 0.05 stays). ``steps=2000, predictor="reverse-diffusion"`` is the paper's CT setting.
+    #: per operator family, VE form: CT as benchmarks/ct.py runs it (10 steps, the ancestral
+    #: predictor; the authors' grad_weight 0.05 stays). ``steps=2000, predictor="reverse-diffusion"``
+    #: is the paper's CT setting.
     ve_task_defaults = {"ct": {"steps": 10, "predictor": "ancestral"}}
+    #: the form of a concrete class ("vp" / "ve"), and its defaults for ``grad_weight=None`` and
+    #: ``weight_matrix="auto"``
+    form: str = ""
+    default_grad_weight: float = 1.0
+    default_weight_matrix: str = "identity"
+
+    def __new__(cls, prior=None, **params):
+        if cls is MCG:  # the registered name: build the form's class
+            cls = _form_class(params.get("form", "vp"))
+        return super().__new__(cls)
+
+    def __init__(self, prior=None, **params):
+        if params.get("form", self.form) != self.form:
+            raise ValueError(
+                f"{type(self).__name__} is MCG's {self.form.upper()} form; got form={params['form']!r}"
+            )
+        other = "ve" if self.form == "vp" else "vp"
+        for key in params:
+            if key not in self.defaults and key in _form_class(other).defaults:
+                raise ValueError(
+                    f"parameter {key!r} belongs to MCG's {other.upper()} form (form={other!r}); the "
+                    f"{self.form.upper()} form (form={self.form!r}) takes {', '.join(sorted(self.defaults))}"
+                )
+        super().__init__(prior, **params)
 
     @classmethod
     def family_defaults(cls, family, params=None) -> dict:
         """The family's defaults for the form in ``params`` (``task_defaults`` or ``ve_task_defaults``)."""
-        form = (params or {}).get("form", cls.defaults["form"])
-        table = cls.ve_task_defaults if form == "ve" else cls.task_defaults
-        return dict(table.get(family, {})) if family else {}
+        if cls is MCG:
+            return _form_class((params or {}).get("form", "vp")).family_defaults(family, params)
+        return super().family_defaults(family, params)
 
     @classmethod
     def resolve_params(cls, family, params=None) -> dict:
-        """As ``Solver.resolve_params``, with ``grad_weight=None`` and ``weight_matrix="auto"``
-        replaced by the values the form uses, so that the effective parameters are the ones run."""
+        """As ``Solver.resolve_params`` for the form in ``params``, with ``grad_weight=None`` and
+        ``weight_matrix="auto"`` replaced by the values the form uses, so that the effective
+        parameters are the ones run."""
+        if cls is MCG:
+            return _form_class((params or {}).get("form", "vp")).resolve_params(family, params)
         out = super().resolve_params(family, params)
-        form = out.get("form")
-        if form in _FORMS:
-            if out.get("grad_weight") is None:
-                out["grad_weight"] = _DEFAULT_GRAD_WEIGHT[form]
-            if out.get("weight_matrix") == "auto":
-                out["weight_matrix"] = _DEFAULT_WEIGHT_MATRIX[form]
+        if out.get("grad_weight") is None:
+            out["grad_weight"] = cls.default_grad_weight
+        if out.get("weight_matrix") == "auto":
+            out["weight_matrix"] = cls.default_weight_matrix
         return out
 
     def validate_params(self) -> None:
         super().validate_params()
         p = self.params
-        for key, allowed in (
-            ("form", _FORMS),
-            ("weight_matrix", _WEIGHTS),
-            ("lam_schedule", _LAM_SCHEDULES),
-            ("ve_projection", _VE_PROJECTIONS),
-        ):
-            if p[key] not in allowed:
-                raise ValueError(f"{key} must be one of {allowed}, got {p[key]!r}")
+        if p["form"] != self.form:
+            raise ValueError(f"form must be {self.form!r} for {type(self).__name__}, got {p['form']!r}")
+        if p["weight_matrix"] not in _WEIGHTS:
+            raise ValueError(f"weight_matrix must be one of {_WEIGHTS}, got {p['weight_matrix']!r}")
         if p["grad_weight"] is not None:
             gw = float(p["grad_weight"])
             if not math.isfinite(gw) or gw < 0:
                 raise ValueError(
                     f"grad_weight must be a finite number >= 0 (or None), got {p['grad_weight']!r}"
                 )
-        snr = float(p["snr"])
-        if not math.isfinite(snr) or snr < 0:
-            raise ValueError(f"snr must be a finite number >= 0, got {p['snr']!r}")
-        check_predictor(p["predictor"])
-        if p["form"] == "ve" and int(p["steps"]) > MAX_VE_STEPS:
-            raise ValueError(
-                f"steps must be at most MAX_VE_STEPS = {MAX_VE_STEPS} for form='ve', got {p['steps']}"
-            )
-        if not isinstance(p["null_space_grad"], bool):
-            raise ValueError(f"null_space_grad must be True or False, got {p['null_space_grad']!r}")
-        for key in ("lam", "lam_end"):
-            v = float(p[key])
-            if not 0.0 <= v <= 1.0:
-                raise ValueError(f"{key} must be in [0, 1], got {p[key]!r}")
 
     @property
     def alpha(self) -> float:
         """The MCG step constant: ``grad_weight``, or the form's default when it is None."""
         gw = self.params["grad_weight"]
-        return _DEFAULT_GRAD_WEIGHT[self.params["form"]] if gw is None else float(gw)
+        return self.default_grad_weight if gw is None else float(gw)
 
     @property
     def weight(self) -> str:
         """The MCG weighting W actually used: ``weight_matrix``, or the form's default for "auto"."""
         w = self.params["weight_matrix"]
-        return _DEFAULT_WEIGHT_MATRIX[self.params["form"]] if w == "auto" else w
+        return self.default_weight_matrix if w == "auto" else w
 
-    def _solve(self, y, op, sigma_y, generator, progress, callback):
-        y_z, sigma_z = self.measurement_to_model(y, op, sigma_y)
-        if self.params["form"] == "vp":
-            x = self._solve_vp(y_z, op, sigma_z, generator, progress, callback)
-        else:
-            x = self._solve_ve(y_z, op, sigma_z, generator, progress, callback)
-        return self.prior.to_image(x)
-
-    # ------------------------------------------------------------------ MCG term
+    # ------------------------------------------------------------------ the MCG term (both forms)
     def _mcg_direction(self, op, y_z, x0, vjp):
         """2 (d x0 / d x)^T g / max(||W r||, ||g||),  g = W^T W r = -(1/2) d||W r||^2 / dx0, per sample.
 
         r = y - A x0; g = A^T r (W = I) or A^+ r (W = A^+, where ||g|| = ||W r||). Dividing by
         ||W r|| alone (DPS-style, the authors' code) gives g a length of ||A^T r|| / ||r|| <= ||A||,
         at most 1 for masks, pooling, blur, colour and orthonormal CS (for which nothing changes), but
-        ~30 for 64-pixel CT with 18 views (line integrals over up to ~64 pixels). There the step was
-        up to 47 model units long at the end of 1000 steps (image rms 0.9, noise level 0.01); its
-        null-space part -- the Jacobian is not the identity, e.g. x0 is clipped to the data range on
-        a third of a real slice's pixels -- survives the projection and left salt-and-pepper noise:
-        18.0 dB against FBP's 21.1 on the shipped chest slice, 19.8 dB against 27.0 on phantoms
-        (100 steps). With the max, the image-space step is never longer than 2 alpha: 27.0 dB and
-        38.9 dB (projection only: 25.8 and 37.2).
+        about 30 for 64-pixel CT with 18 views (line integrals over up to ~64 pixels), where that step
+        was tens of model units long and its null-space part -- the Jacobian is not the identity,
+        e.g. x0 is clamped to the data range -- survived the projection as salt-and-pepper noise.
+        With the max, the image-space step is never longer than 2 alpha (measured figures:
+        benchmarks/results/solver_notes.md, MCG).
         """
         r = y_z - op.A(x0)
         if self.weight == "pinv":
@@ -259,39 +295,70 @@ class MCG(Solver):
             nrm = torch.maximum(bnorm(r), bnorm(g))
         return 2.0 * safe_div(vjp(g), nrm)
 
-    # ------------------------------------------------------------------ VP (DDPM) form
-    def _solve_vp(self, y_z, op, sigma_z, generator, progress, callback):
+
+class MCGVP(MCG):
+    """MCG's VP form (``form="vp"``): DDPM ancestral step + MCG step + projection onto the noised y."""
+
+    form = "vp"
+    defaults = {"form": "vp", **_COMMON}
+    default_grad_weight = 1.0
+    default_weight_matrix = "identity"
+
+    def _solve(self, y, op, sigma_y, generator, progress, callback):
         prior = self.prior
-        sched = prior.schedule
+        y_z, sigma_z = self.measurement_to_model(y, op, sigma_y)
         alpha = self.alpha
-        ts = [int(t) for t in self.timesteps().tolist()]
-        grid = ts + [-1]
-        shape = (y_z.shape[0], *op.in_shape)
-        x = randn(shape, generator, y_z)  # x_N ~ N(0, I)
-        for i in self.iterate(range(len(ts)), progress):
-            t = grid[i]
-            ab_t, ab_prev = float(sched.alpha_bar(t)), float(sched.alpha_bar(grid[i + 1]))
-            x0, vjp = x0_with_vjp(prior, x, t, need_grad=alpha > 0)  # x0|i (Tweedie)
-            if callback is not None:
-                callback(i, x, prior.to_image(x0))
+        noise = self.noise_source(y_z, op, generator)
+        x = noise()  # x_N ~ N(0, I)
+        for s in self.iterate(self.time_grid(), progress):
+            x0, vjp = self.tweedie(x, s, callback, need_grad=alpha > 0)  # x0|i (Tweedie)
             # (1) x'_{i-1}: DDPM ancestral step q(x_{i-1} | x_i, x0|i)
-            x_prev = ddim_step(x0, eps_from_x0(x, x0, ab_t), ab_t, ab_prev, 1.0, randn(shape, generator, y_z))
+            x_prev = ddim_step_from_x0(x, x0, s.ab_t, s.ab_prev, 1.0, noise())
             # (3) x''_{i-1} = x'_{i-1} - alpha_i d/dx_i ||W (y - A x0|i)||^2,  alpha_i = alpha / max(||W r||, ||W^T W r||)
             if alpha > 0:
                 x_prev = x_prev + alpha * self._mcg_direction(op, y_z, x0, vjp)
             # (4-5) projection onto A x = y_{i-1},  y_{i-1} = sqrt(abar) y + sqrt(1 - abar) A z
-            y_prev = noised_measurement(
-                y_z, op, math.sqrt(ab_prev), math.sqrt(1.0 - ab_prev), randn(shape, generator, y_z)
-            )
+            a, b = math.sqrt(s.ab_prev), math.sqrt(1.0 - s.ab_prev)
+            y_prev = noised_measurement(y_z, op, a, b, noise())
             if sigma_z == 0.0:
                 x_prev = x_prev + op.pinv(y_prev - op.A(x_prev))
-            elif ab_prev < 1.0:
-                gamma = ab_prev * sigma_z**2 / (1.0 - ab_prev)
-                x_prev = x_prev + damped_pinv(op, y_prev - op.A(x_prev), gamma)
+            elif s.ab_prev < 1.0:
+                gamma = s.ab_prev * sigma_z**2 / (1.0 - s.ab_prev)
+                x_prev = x_prev + op.damped_pinv(y_prev - op.A(x_prev), gamma)
             x = x_prev
-        return x
+        return prior.to_image(x)
 
-    # ------------------------------------------------------------------ VE (predictor-corrector) form
+
+class MCGVE(MCG):
+    """MCG's VE form (``form="ve"``): Langevin corrector + MCG step + relaxed projection, then a VE predictor."""
+
+    form = "ve"
+    defaults = {"form": "ve", **_COMMON, **_VE_ONLY}
+    task_defaults = MCG.ve_task_defaults
+    default_grad_weight = 0.05
+    default_weight_matrix = "pinv"
+
+    def validate_params(self) -> None:
+        super().validate_params()
+        p = self.params
+        for key, allowed in (("lam_schedule", _LAM_SCHEDULES), ("ve_projection", _VE_PROJECTIONS)):
+            if p[key] not in allowed:
+                raise ValueError(f"{key} must be one of {allowed}, got {p[key]!r}")
+        snr = float(p["snr"])
+        if not math.isfinite(snr) or snr < 0:
+            raise ValueError(f"snr must be a finite number >= 0, got {p['snr']!r}")
+        check_predictor(p["predictor"])
+        if int(p["steps"]) > MAX_VE_STEPS:
+            raise ValueError(
+                f"steps must be at most MAX_VE_STEPS = {MAX_VE_STEPS} for form='ve', got {p['steps']}"
+            )
+        if not isinstance(p["null_space_grad"], bool):
+            raise ValueError(f"null_space_grad must be True or False, got {p['null_space_grad']!r}")
+        for key in ("lam", "lam_end"):
+            v = float(p[key])
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"{key} must be in [0, 1], got {p[key]!r}")
+
     def _lam(self, i: int, n: int) -> float:
         lam, lam_end = float(self.params["lam"]), float(self.params["lam_end"])
         if self.params["lam_schedule"] == "constant" or n == 1:
@@ -315,43 +382,40 @@ class MCG(Solver):
                 return None
         return d
 
-    def _solve_ve(self, y_z, op, sigma_z, generator, progress, callback):
+    def _solve(self, y, op, sigma_y, generator, progress, callback):
         prior = self.prior
+        y_z, sigma_z = self.measurement_to_model(y, op, sigma_y)
         alpha = self.alpha
         snr = float(self.params["snr"])
-        ts, sigmas = self.ve_levels()  # continuous beyond the training steps
-        sigmas = sigmas + [0.0]
-        n = len(ts)
-        shape = (y_z.shape[0], *op.in_shape)
+        grid = self.time_grid(continuous=True)  # continuous beyond the training steps
+        n = len(grid)
+        noise = self.noise_source(y_z, op, generator)
         D = self._ve_normaliser(op, y_z)
         if D is not None:
             pos = D > 0
             D_inv = torch.where(pos, 1.0 / torch.where(pos, D, torch.ones_like(D)), torch.zeros_like(D))
         predict = VE_PREDICTORS[self.params["predictor"]]
-        x = sigmas[0] * randn(shape, generator, y_z)  # x_N ~ N(0, sigma_max^2 I)
+        x = grid.sigmas[0] * noise()  # x_N ~ N(0, sigma_max^2 I)
         x_mean = x
-        for i in self.iterate(range(n), progress):
-            t, s_i, s_prev = ts[i], sigmas[i], sigmas[i + 1]
+        for s in self.iterate(grid, progress):
             # corrector (Langevin) with the MCG gradient, one network evaluation
-            x0, vjp = x0_with_vjp(prior, x, t, ve=True, need_grad=alpha > 0)
-            if callback is not None:
-                callback(i, x, prior.to_image(x0))
-            score = (x0 - x) / s_i**2
-            x_new = langevin_step(x, score, snr, randn(shape, generator, y_z))
+            x0, vjp = self.tweedie(x, s, callback, ve=True, need_grad=alpha > 0)
+            score = (x0 - x) / s.sigma**2
+            x_new = langevin_step(x, score, snr, noise())
             if alpha > 0:
                 g = self._mcg_direction(op, y_z, x0, vjp)
                 if self.params["null_space_grad"]:
                     g = g - op.pinv(op.A(g))  # restricted to the null space of A (Fig. 1, step 4)
                 x_new = x_new + alpha * g
             # relaxed projection onto the measurement noised to sigma_i
-            y_i = noised_measurement(y_z, op, 1.0, s_i, randn(shape, generator, y_z))
+            y_i = noised_measurement(y_z, op, 1.0, s.sigma, noise())
             resid = y_i - op.A(x_new)
-            lam = self._lam(i, n)
+            lam = self._lam(s.i, n)
             x_new = x_new + lam * (op.pinv(resid) if D is None else op.At(resid) * D_inv)
             # predictor (reverse diffusion sigma_i -> sigma_{i-1}), one network evaluation
-            score = prior.score_ve(x_new, t)
-            x, x_mean = predict(x_new, score, s_i, s_prev, randn(shape, generator, y_z))
+            score = prior.score_ve(x_new, s.t)
+            x, x_mean = predict(x_new, score, s.sigma, s.sigma_prev, noise())
         x = x_mean  # noise removal: the last predictor's mean (sigma_{-1} = 0)
         if sigma_z == 0.0:
             x = x + op.pinv(y_z - op.A(x))
-        return x
+        return prior.to_image(x)

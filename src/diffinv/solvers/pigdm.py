@@ -23,7 +23,9 @@ computed exactly in the spectral domain for SVD operators and by conjugate gradi
 sqrt(abar_t):
 
     c1 = eta sqrt((1 - abar_t / abar_t')(1 - abar_t') / (1 - abar_t)),  c2 = sqrt(1 - abar_t' - c1^2)
-    x_t' = sqrt(abar_t') x0|t + c1 z + c2 eps(x_t, t) + sqrt(abar_t) g.
+    x_t' = sqrt(abar_t') x0|t + c1 z + c2 eps + sqrt(abar_t) g,   eps = (x_t - sqrt(abar_t) x0|t) / sqrt(1 - abar_t)
+
+(``priors.steps.ddim_step``).
 
 All in the prior's model space. Defaults: 100 steps, eta = 1.0 (the paper's ImageNet setting). The
 returned image is the last iterate (x0|0 plus its guidance step); with sigma_y = 0 that last step is
@@ -31,10 +33,18 @@ a full pseudoinverse correction through the (near-identity) Jacobian, so ``A x ~
 
 NFE: one network evaluation per step, with back-propagation through it.
 
-Calibration of the spread (:mod:`diffinv.posterior`; tests/solvers/test_posterior_calibration.py: exact Gaussian posterior, correlated
-6x6 prior, 18 of 36 pixels observed, noiseless, 2000 samples): with 100 steps nominal 50% / 90%
-per-pixel intervals cover draws of the exact posterior at 0.43 / 0.83, variance ratio 0.77
-(under-dispersed).
+Calibration of the spread against an exact Gaussian posterior (:mod:`diffinv.posterior`,
+tests/solvers/test_posterior_calibration.py): under-dispersed, benchmarks/results/solver_notes.md.
+
+Deviations: the paper links no code of its own, so this follows the paper, with these choices
+where it leaves room or where our priors differ:
+
+* x0|t is the prior's estimate, clamped to the data range by network priors, and eps in the DDIM
+  step is the noise consistent with it (not the network's output); the vector-Jacobian product
+  goes through the clamp (zero where it is active).
+* The noisy form (eq. 8, r_t^2 = 1 - abar_t) is used for every sigma_y, with the inverse computed
+  by ``op.damped_pinv`` (exact for SVD operators, conjugate gradients otherwise).
+* Time grid: ``priors.steps.grid_times`` (uniform skip when ``steps`` divides T).
 
 Example
 -------
@@ -46,8 +56,8 @@ from __future__ import annotations
 
 import math
 
-from ._guidance import damped_pinv, ddim_step, eps_from_x0, x0_with_vjp
-from .base import Solver, randn, register
+from ..priors.steps import ddim_step_from_x0
+from .base import Solver, register
 
 
 @register
@@ -60,23 +70,15 @@ class PiGDM(Solver):
 
     def _solve(self, y, op, sigma_y, generator, progress, callback):
         prior = self.prior
-        sched = prior.schedule
         y_z, sigma_z = self.measurement_to_model(y, op, sigma_y)
         eta = float(self.params["eta"])
-        ts = [int(t) for t in self.timesteps().tolist()]
-        grid = ts + [-1]
-        shape = (y_z.shape[0], *op.in_shape)
-        x = randn(shape, generator, y_z)  # x_T ~ N(0, I)
-        for i in self.iterate(range(len(ts)), progress):
-            t = grid[i]
-            ab_t, ab_prev = float(sched.alpha_bar(t)), float(sched.alpha_bar(grid[i + 1]))
-            x0, vjp = x0_with_vjp(prior, x, t)  # x0|t (Tweedie)
-            if callback is not None:
-                callback(i, x, prior.to_image(x0))
-            r2 = 1.0 - ab_t  # r_t^2
+        noise = self.noise_source(y_z, op, generator)
+        x = noise()  # x_T ~ N(0, I)
+        for s in self.iterate(self.time_grid(), progress):
+            x0, vjp = self.tweedie(x, s, callback, need_grad=True)  # x0|t (Tweedie)
+            r2 = 1.0 - s.ab_t  # r_t^2
             # v = A^T (A A^T + sigma_y^2 / r_t^2 I)^{-1} (y - A x0|t)  (= A^+ (y - A x0|t) if sigma_y = 0)
-            v = damped_pinv(op, y_z - op.A(x0), sigma_z**2 / r2)
+            v = op.damped_pinv(y_z - op.A(x0), sigma_z**2 / r2)
             g = vjp(v)  # (d x0|t / d x_t)^T v                                      (eq. 7-8)
-            z = randn(shape, generator, y_z)
-            x = ddim_step(x0, eps_from_x0(x, x0, ab_t), ab_t, ab_prev, eta, z) + math.sqrt(ab_t) * g
+            x = ddim_step_from_x0(x, x0, s.ab_t, s.ab_prev, eta, noise()) + math.sqrt(s.ab_t) * g
         return prior.to_image(x)

@@ -36,7 +36,8 @@ Algorithm writes one data step per iteration of the PC update):
     x <- x + lambda A^+ (y_i - A x);  x <- x + e s(x) + sqrt(2 e) z,  e = 2 (snr ||z|| / ||s(x)||)^2
     x <- x + lambda A^+ (y_i' - A x); x <- x + (sigma_i^2 - sigma_{i-1}^2) s(x) + sqrt(sigma_i^2 - sigma_{i-1}^2) z
 
-with sigma_{-1} = 0 and fresh y_i per data step. The output is the last predictor's mean (noise
+with sigma_{-1} = 0 and fresh y_i per data step; the Langevin norms are per sample (the score-SDE
+code averages them over the batch; ``priors.steps.langevin_step``). The output is the last predictor's mean (noise
 removal), finally mixed with the clean y: hard projection (lambda = 1) when sigma_y = 0, so that
 A x = y, and weight lambda when sigma_y > 0 (the paper has no explicit noise model; lambda < 1
 is its way of down-weighting noisy data).
@@ -63,9 +64,9 @@ from __future__ import annotations
 
 import math
 
-from ..priors.schedules import MAX_VE_STEPS
-from ._guidance import VE_PREDICTORS, check_predictor, langevin_step, noised_measurement
-from .base import Solver, randn, register
+from ..priors.steps import MAX_VE_STEPS, VE_PREDICTORS, check_predictor, langevin_step
+from ._guidance import noised_measurement
+from .base import Solver, register
 
 
 @register
@@ -76,8 +77,9 @@ class ScoreProj(Solver):
     description = "score-SDE PC sampling + lambda-weighted measurement mixing (Song et al. 2022, score-CT)"
     defaults = {"steps": 1000, "snr": 0.246, "lam": 0.841, "predictor": "reverse-diffusion"}
     #: per operator family (``Solver.task_defaults``). CT: benchmarks/ct.py's setting (25 steps,
-    #: ancestral predictor; lam 0.841 won its validation grid), 36.4 dB at 18 views (FBP 27.8).
+    #: ancestral predictor; lam 0.841 won its validation grid; benchmarks/results/solver_notes.md).
     task_defaults = {"ct": {"steps": 25, "predictor": "ancestral"}}
+    ends_consistent = True
 
     def validate_params(self) -> None:
         super().validate_params()
@@ -97,28 +99,23 @@ class ScoreProj(Solver):
         prior = self.prior
         y_z, sigma_z = self.measurement_to_model(y, op, sigma_y)
         snr, lam = float(self.params["snr"]), float(self.params["lam"])
-        ts, sigmas = self.ve_levels()  # continuous beyond the training steps
-        sigmas = sigmas + [0.0]
-        shape = (y_z.shape[0], *op.in_shape)
+        grid = self.time_grid(continuous=True)  # continuous beyond the training steps
+        noise = self.noise_source(y_z, op, generator)
         predict = VE_PREDICTORS[self.params["predictor"]]
 
-        def mix(x, s, weight=lam):
-            y_i = noised_measurement(y_z, op, 1.0, s, randn(shape, generator, y_z))  # y_i = y + sigma_i A z
+        def mix(x, sigma, weight=lam):
+            y_i = noised_measurement(y_z, op, 1.0, sigma, noise())  # y_i = y + sigma_i A z
             return x + weight * op.pinv(y_i - op.A(x))
 
-        x = sigmas[0] * randn(shape, generator, y_z)  # x_N ~ N(0, sigma_max^2 I)
+        x = grid.sigmas[0] * noise()  # x_N ~ N(0, sigma_max^2 I)
         x_mean = x
-        for i in self.iterate(range(len(ts)), progress):
-            t, s_i, s_prev = ts[i], sigmas[i], sigmas[i + 1]
-            x = mix(x, s_i)
-            x0 = prior.x0_ve(x, t)
-            if callback is not None:
-                callback(i, x, prior.to_image(x0))
-            x = langevin_step(x, (x0 - x) / s_i**2, snr, randn(shape, generator, y_z))  # corrector
-            x = mix(x, s_i)
-            x, x_mean = predict(
-                x, prior.score_ve(x, t), s_i, s_prev, randn(shape, generator, y_z)
-            )  # predictor
+        for s in self.iterate(grid, progress):
+            x = mix(x, s.sigma)
+            x0, _ = self.tweedie(x, s, callback, ve=True)
+            x = langevin_step(x, (x0 - x) / s.sigma**2, snr, noise())  # corrector
+            x = mix(x, s.sigma)
+            score = prior.score_ve(x, s.t)
+            x, x_mean = predict(x, score, s.sigma, s.sigma_prev, noise())  # predictor
         x = x_mean  # noise removal
         x = x + (1.0 if sigma_z == 0.0 else lam) * op.pinv(y_z - op.A(x))
         return prior.to_image(x)
