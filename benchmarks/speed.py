@@ -12,7 +12,12 @@
    (alternating which goes first; method order rotated each round), and the ratio is the median of
    the per-round ratios. Targets: <= 1.10 for ``ddnm``, ``ddnm+`` (with sigma_y = 0.05, its noisy
    path), ``ddrm``; <= 3.0 for ``mcg`` and ``dps`` (they back-propagate through the network).
-3. Peer: deepinv 0.5's ``DDRM`` and ``DPS`` wrapping the same trained network through a small adapter
+3. Posterior samples (issue 14): ``--posterior-k`` (default 8) samples of one image drawn in one
+   batch (``solver.sample``) against restoring K different images in one batch and against K
+   sequential single-sample calls, same solver (``--posterior-method``, default ``ddnm``) and steps
+   (``--timed-steps``), interleaved over ``--rounds`` rounds, medians. Target: K samples <= 1.10x
+   the K-image batch.
+4. Peer: deepinv 0.5's ``DDRM`` and ``DPS`` wrapping the same trained network through a small adapter
    (our prior as a deepinv denoiser ``D(x, sigma)``: ``x`` in [0, 1] is a clean image plus Gaussian
    noise of std ``sigma``), the same operator (our SVD exposed as a ``DecomposablePhysics``), the same
    crops and the same number of denoiser steps. Targets: our seconds / theirs <= 1.0 and
@@ -193,6 +198,49 @@ def summarize(cost: dict, batch: int) -> list[dict]:
     return rows
 
 
+# ---------------------------------------------------------------------------------------- posterior samples
+POSTERIOR_TARGET = 1.10
+
+
+def run_posterior_cost(prior, method: str, K: int, steps: int, rounds: int, seed: int) -> dict:
+    """Seconds of K samples of one image in one batch (``solver.sample``), of K different images in one
+    batch, and of K sequential single-sample calls: same solver and steps, interleaved, per round."""
+    op = from_spec(TASK, tuple(prior.image_shape), seed=seed)
+    x, _ = test_images(prior, K, seed)
+    y = op.measure(x, 0.0)
+    solver = pipeline.make_solver(method, prior, steps)
+    gen = torch.Generator().manual_seed(seed)
+
+    def samples():
+        return solver.sample(y[:1], op, n=K, generator=gen).seconds
+
+    def images():
+        solver(y, op, generator=gen)
+        return solver.last_seconds
+
+    def sequential():
+        total = 0.0
+        for _ in range(K):
+            solver(y[:1], op, generator=gen)
+            total += solver.last_seconds
+        return total
+
+    modes = {"samples": samples, "images": images, "sequential": sequential}
+    out = {name: [] for name in modes}
+    pipeline.make_solver(method, prior, 1)(y, op)  # warm-up at this batch size, not timed
+    for r in range(rounds):
+        order = list(modes)[r % 3 :] + list(modes)[: r % 3]
+        for name in order:
+            out[name].append(modes[name]())
+    return {
+        "method": method,
+        "K": K,
+        "steps": int(solver.params.get("steps", steps)),
+        **{name: statistics.median(v) for name, v in out.items()},
+        "ratios": [a / b for a, b in zip(out["samples"], out["images"])],
+    }
+
+
 # ---------------------------------------------------------------------------------------- peer (deepinv)
 def peer_python(venv: Path) -> Path:
     return venv / "bin" / "python"
@@ -292,9 +340,7 @@ def peer_worker(cfg: dict) -> None:
             return self.prior.x0_image(ab.sqrt() * z, t)
 
     den = PriorDenoiser(prior)
-    from diffinv.solvers.ddnm import _svd_singulars_full
-
-    s = _svd_singulars_full(op, x).reshape(1, -1)
+    s = op.singulars_full(x).reshape(1, -1)
     k = op.singulars().numel()
 
     def U_adjoint(yy):
@@ -391,7 +437,7 @@ def verdict(ok: bool) -> str:
     return "**met**" if ok else "**missed**"
 
 
-def report(args, command, tables, peer, peer_note, total) -> str:
+def report(args, command, tables, peer, peer_note, total, post_rows=None) -> str:
     lines = [header("Speed: cost per image, overhead over unconditional DDIM, peer library", command)]
     lines.append(
         f"- operator: `{TASK}` on each prior's image shape (noiseless; `ddnm+` with sigma_y = {SIGMA_NOISY})\n"
@@ -430,6 +476,32 @@ def report(args, command, tables, peer, peer_note, total) -> str:
                     f"| {row['method']} | {steps} | {row['sec_per_image']:.4g}{star} | {row['nfe']:.0f}{star if row['nfe'] else ''} | "
                     f"{fmt_ratio(row)} | {tcell} |"
                 )
+    if post_rows:
+        lines.append("\n## Posterior samples: K samples of one image vs K images vs K sequential calls\n")
+        lines.append(
+            f"`{TASK}`, noiseless, on K seeded test images of each prior; {args.rounds} interleaved rounds "
+            "(order rotated), medians of the seconds of the solver calls. K samples = `solver.sample(y[:1], "
+            "n=K)` (one batch of K rows); K images = one call on K different images; K sequential = K "
+            "single-image calls. Target (issue 14): K samples <= "
+            f"{POSTERIOR_TARGET:.2f}x K images (median of the per-round ratios).\n"
+        )
+        lines.append(
+            "| prior | method | steps | K | K samples, batched (s) | K images, one batch (s) | "
+            "K sequential calls (s) | samples / images | sequential / samples | target |"
+        )
+        lines.append("|---|---|---|---|---|---|---|---|---|---|")
+        for prior_name, row in post_rows.items():
+            ratio = statistics.median(row["ratios"])
+            ok = ratio <= POSTERIOR_TARGET
+            lines.append(
+                f"| {prior_name} | {row['method']} | {row['steps']} | {row['K']} | {row['samples']:.3f} | "
+                f"{row['images']:.3f} | {row['sequential']:.3f} | {ratio:.3f} | "
+                f"{row['sequential'] / row['samples']:.2f} | <= {POSTERIOR_TARGET:.2f}: {verdict(ok)} |"
+            )
+            target_lines.append(
+                f"- {prior_name}, posterior {row['method']} K = {row['K']}: samples / images {ratio:.3f} "
+                f"(target <= {POSTERIOR_TARGET:.2f}, margin {POSTERIOR_TARGET - ratio:+.3f}): {verdict(ok)}"
+            )
     lines.append("\n## Peer: deepinv\n")
     peer_targets = []
     if peer is None:
@@ -554,6 +626,11 @@ def parse_args(argv=None):
         help="steps of both libraries in the peer comparison (default 20)",
     )
     ap.add_argument("--peer-rounds", type=int, default=2, help="interleaved peer rounds (default 2)")
+    ap.add_argument(
+        "--posterior-k", type=int, default=8, help="samples per image in the posterior row (default 8)"
+    )
+    ap.add_argument("--posterior-method", default="ddnm", help="method of the posterior row (default ddnm)")
+    ap.add_argument("--no-posterior", action="store_true", help="skip the posterior-samples row")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
         "--threads",
@@ -585,8 +662,8 @@ def parse_args(argv=None):
         args.no_peer = True
         args.priors = args.priors or "natural-64"
         args.methods = args.methods or "ddnm,ddrm,dps,pinv"
-    if min(args.batches) < 1 or args.timed_steps < 1 or args.rounds < 1:
-        ap.error("batch sizes, --timed-steps and --rounds must be >= 1")
+    if min(args.batches) < 1 or args.timed_steps < 1 or args.rounds < 1 or args.posterior_k < 1:
+        ap.error("batch sizes, --timed-steps, --rounds and --posterior-k must be >= 1")
     args.out_dir = args.out if args.out is not None else result_path("", None)
     return args
 
@@ -601,7 +678,7 @@ def main(argv=None) -> int:
     Path(args.out_dir).mkdir(parents=True, exist_ok=True)
     prior_names = args.priors.split(",") if args.priors else priors.shipped_priors()
     methods = args.methods.split(",") if args.methods else [m for m in solvers.available() if m != "ddim"]
-    tables = {}
+    tables, post_rows = {}, {}
     for name in prior_names:
         prior = priors.load(name)
         x_all, desc = test_images(prior, max(args.batches), args.seed)
@@ -613,6 +690,11 @@ def main(argv=None) -> int:
             cost = run_cost(prior, x_all, methods, batch, args.timed_steps, args.rounds, args.seed)
             info["batches"][batch] = summarize(cost, batch)
         tables[name] = info
+        if not args.no_posterior:
+            log(f"{name}: posterior samples, {args.posterior_method}, K = {args.posterior_k}")
+            post_rows[name] = run_posterior_cost(
+                prior, args.posterior_method, args.posterior_k, args.timed_steps, args.rounds, args.seed
+            )
 
     peer, peer_note = None, ""
     if args.no_peer:
@@ -631,7 +713,7 @@ def main(argv=None) -> int:
         else:
             peer_note = f"the deepinv environment is not available ({note})"
     total = time.perf_counter() - t0
-    text = report(args, command, tables, peer, peer_note, total)
+    text = report(args, command, tables, peer, peer_note, total, post_rows)
     md = result_path("speed.md", args.out)
     png = result_path("speed.png", args.out)
     write_text(md, text)
