@@ -1,4 +1,4 @@
-"""Command line: ``diffinv demo | restore | eval | models | tasks | methods | train``.
+"""Command line: ``diffinv demo | restore | eval | models | tasks | methods | train | serve``.
 
 Thin: each command is one ``_cmd_<name>`` function in :mod:`diffinv.cli_commands` (validate, call
 the library, report) plus one parser block in :func:`build_parser`. Every error a user can cause is printed as a single line
@@ -24,6 +24,7 @@ from .cli_commands import (
     _cmd_methods,
     _cmd_models,
     _cmd_restore,
+    _cmd_serve,
     _cmd_tasks,
     _cmd_train,
 )
@@ -210,6 +211,22 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--quiet", action="store_true")
     add_config_argument(ev)  # --config OUT/config.json repeats (resumes) an earlier eval
     ev.set_defaults(func=_cmd_eval)
+
+    sv = sub.add_parser(
+        "serve", help="web app in the browser (pip install -e '.[app]'): restore uploaded images"
+    )
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind [127.0.0.1: this machine only]")
+    sv.add_argument("--port", type=int, default=7860, help="port [7860]")
+    sv.add_argument("--device", default="cpu", help="torch device of the jobs [cpu]")
+    sv.add_argument(
+        "--queue",
+        type=int,
+        default=8,
+        metavar="N",
+        help="jobs that may wait for the device; more are refused [8]",
+    )
+    sv.add_argument("--threads", type=int, default=None, help="torch CPU threads [torch's default]")
+    sv.set_defaults(func=_cmd_serve)
     return parser
 
 

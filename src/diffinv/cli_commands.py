@@ -257,6 +257,26 @@ def _print_record(rec: dict) -> None:
     )
 
 
+# ----------------------------------------------------------------------------------- serve
+def _cmd_serve(args: argparse.Namespace) -> int:
+    if not 0 <= args.port <= 65535:
+        raise CLIError(f"--port must be in [0, 65535], got {args.port}")
+    if args.queue < 0:
+        raise CLIError(f"--queue must be >= 0, got {args.queue}")
+    _check_threads(args.threads)
+    import importlib.util  # (Gradio itself is imported by the app, once its temporary folder is set)
+
+    if importlib.util.find_spec("gradio") is None:
+        raise CLIError("the web app needs Gradio: pip install -e '.[app]' (or pip install 'diffinv[app]')")
+    _check_device(args.device)
+    from .app import serve
+
+    try:
+        return serve(args.host, args.port, args.device, max_waiting=args.queue, threads=args.threads)
+    except OSError as e:  # the port is taken, the address cannot be bound
+        raise CLIError(f"cannot serve on {args.host}:{args.port}: {_one_line(e)}") from None
+
+
 # ----------------------------------------------------------------------------------- listings
 #: (kind, how to pass it to --model / priors.load)
 CHECKPOINT_KINDS = [

@@ -159,6 +159,7 @@ def sample(
     batch: int | None = None,
     quantiles: Sequence[float] = DEFAULT_QUANTILES,
     progress: bool = False,
+    callback=None,
 ) -> PosteriorSamples:
     """``n`` samples of ``solver`` for each image of ``y`` (B, ...), drawn in batches, summarised.
 
@@ -169,6 +170,7 @@ def sample(
         batch: at most this many rows (images x samples) per solver call; default all B*K at once.
         quantiles: the per-pixel quantiles to keep in ``PosteriorSamples.quantiles``.
         progress: the solver's progress bar.
+        callback: the solver's ``callback(step, x_t, x0_image)``, on every call (batch).
 
     Afterwards ``solver.last_nfe`` / ``last_seconds`` are the totals over the calls.
 
@@ -184,7 +186,14 @@ def sample(
     outs, nfe, seconds = [], 0, 0.0
     for start in range(0, rows.shape[0], size):
         outs.append(
-            solver(rows[start : start + size], op, sigma_y=sigma_y, generator=generator, progress=progress)
+            solver(
+                rows[start : start + size],
+                op,
+                sigma_y=sigma_y,
+                generator=generator,
+                progress=progress,
+                callback=callback,
+            )
         )
         nfe += solver.last_nfe
         seconds += solver.last_seconds
@@ -219,6 +228,7 @@ def restore_samples(
     tile_overlap: int | None = None,
     tile_batch: int | None = None,
     quantiles: Sequence[float] = DEFAULT_QUANTILES,
+    callback=None,
     **params,
 ):
     """:func:`diffinv.pipeline.solve` with ``n`` samples per image: returns (PosteriorSamples, solver).
@@ -237,7 +247,7 @@ def restore_samples(
     solver = make_solver(method, prior, steps, **params)
     if solver.prior is None or not tiling.needs_tiling(op, solver.prior.image_shape):
         generator = torch.Generator(device="cpu").manual_seed(int(seed))
-        post = sample(solver, y, op, K, sigma_y, generator, batch, quantiles, progress)
+        post = sample(solver, y, op, K, sigma_y, generator, batch, quantiles, progress, callback)
         return post, solver
     B = y.shape[0]
     rows = y.repeat_interleave(K, dim=0) if K > 1 else y
@@ -253,6 +263,7 @@ def restore_samples(
                 _chunk_seed(seed, c),
                 overlap=tile_overlap,
                 progress=progress,
+                callback=callback,
                 tile_batch=tile_batch,
             )
         )

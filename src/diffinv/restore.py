@@ -42,6 +42,7 @@ from .restore_checks import (  # noqa: F401  (old names of diffinv.restore)
     _ct_size_from_bins,
     _one_line,
     _param_error,
+    _resize_inputs,
     _restore_channels,
     _with_channels,
     check_arguments,
@@ -159,33 +160,6 @@ def _prepare_measured(path: Path, raw: torch.Tensor, s: _Settings, prior, channe
     return _RestoreJob(path, label, op, op, y=y)
 
 
-def _resize_inputs(raws: list, resize: int | bool, prior, measured: bool) -> tuple[list, list]:
-    """Every input resized (antialiased bilinear) to ``resize`` pixels or the prior's size."""
-    import torch.nn.functional as F
-
-    if measured:
-        raise ValueError("--resize applies to clean inputs; an observation keeps its measured size")
-    if resize is True:
-        if prior is None:
-            raise ValueError(
-                "--resize without a size needs a diffusion prior (give --resize N for classical methods)"
-            )
-        size = tuple(prior.image_shape[1:])
-    else:
-        if isinstance(resize, bool) or int(resize) != resize or not 8 <= resize <= 4096:
-            raise ValueError(f"resize must be a size in [8, 4096] pixels, got {resize!r}")
-        size = (int(resize), int(resize))
-    out, before = [], []
-    for raw in raws:
-        before.append(list(raw.shape[-2:]) if tuple(raw.shape[-2:]) != size else None)
-        out.append(
-            raw
-            if before[-1] is None
-            else F.interpolate(raw, size=size, mode="bilinear", antialias=True, align_corners=False)
-        )
-    return out, before
-
-
 def _record(job: _RestoreJob, s: _Settings, solver_params: dict, r, png: Path) -> dict:
     from . import __version__
     from .config import _jsonable
@@ -275,6 +249,8 @@ def restore_files(
     tile_batch: int | None = None,
     samples: int = 1,
     save_samples: bool = False,
+    callback: Callable | None = None,
+    on_result: Callable[[dict, object], None] | None = None,
 ) -> list[dict]:
     """Restore image files with one method; write the results under ``out``; return the records.
 
@@ -323,6 +299,9 @@ def restore_files(
             ``<name>_uncertainty.png`` shows measurement / mean / std / |error| / ground truth.
             The record's ``metrics`` score the mean, ``sample_metrics`` one sample (the average).
         save_samples: with K > 1, also write every sample as ``<name>_sample<k>.png``.
+        callback: the solvers' ``callback(step, x_t, x0_image)`` (progress; raising in it stops the
+            run, whose files are then removed). on_result: ``on_result(record, restoration)``
+            once an input's files are written (the web app shows ``restoration.y``).
         resize: resize every input to the prior's size (``True``) or to ``resize`` x ``resize``
             pixels before restoring (antialiased bilinear); the record says so. Without it a CT
             slice of another size than the prior's is refused.
@@ -431,6 +410,8 @@ def restore_files(
             common = dict(sigma_y=float(sigma_y), seed=seed, steps=steps, progress=progress)
             if tile_batch is not None:  # images larger than the prior: windows per network batch
                 common["tile_batch"] = tile_batch
+            if callback is not None:
+                common["callback"] = callback
             if samples > 1:  # K posterior samples, batched; the outputs are their mean
                 from . import posterior
 
@@ -468,6 +449,8 @@ def restore_files(
             records.append(record)
             if on_record is not None:
                 on_record(record)
+            if on_result is not None:
+                on_result(record, r)
         settings = {  # paths absolute: a config.json written here replays from any working directory
             "inputs": [os.path.abspath(p) for p in paths],
             "task": task,

@@ -240,3 +240,30 @@ def _check_sinogram_dtype(path: Path) -> None:
             f"{path}: a CT sinogram must hold float line integrals, got {dtype} data "
             "(integer arrays would be divided by their type's maximum); save it as float32 / float64"
         )
+
+
+def _resize_inputs(raws: list, resize: int | bool, prior, measured: bool) -> tuple[list, list]:
+    """Every input resized (antialiased bilinear) to ``resize`` pixels or the prior's size."""
+    import torch.nn.functional as F
+
+    if measured:
+        raise ValueError("--resize applies to clean inputs; an observation keeps its measured size")
+    if resize is True:
+        if prior is None:
+            raise ValueError(
+                "--resize without a size needs a diffusion prior (give --resize N for classical methods)"
+            )
+        size = tuple(prior.image_shape[1:])
+    else:
+        if isinstance(resize, bool) or int(resize) != resize or not 8 <= resize <= 4096:
+            raise ValueError(f"resize must be a size in [8, 4096] pixels, got {resize!r}")
+        size = (int(resize), int(resize))
+    out, before = [], []
+    for raw in raws:
+        before.append(list(raw.shape[-2:]) if tuple(raw.shape[-2:]) != size else None)
+        out.append(
+            raw
+            if before[-1] is None
+            else F.interpolate(raw, size=size, mode="bilinear", antialias=True, align_corners=False)
+        )
+    return out, before
