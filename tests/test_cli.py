@@ -22,6 +22,7 @@ from diffinv import restore
 from diffinv.cli import main
 from diffinv.data.ellipses import shepp_logan
 from diffinv.data.io import load_image, save_image
+from diffinv.errors import DiffinvError
 from diffinv.operators import from_spec
 
 FACE = Path(__file__).resolve().parents[1] / "src" / "diffinv" / "assets" / "images" / "face_189080.png"
@@ -296,8 +297,11 @@ def test_restore_bad_input(case, tmp_path, inputs, capsys):
     assert files_in(out) == []
 
 
-def test_failure_mid_run_leaves_no_files(tmp_path, monkeypatch, capsys):
-    """Inputs are validated first; should a restoration still fail, earlier outputs are removed."""
+@pytest.mark.parametrize("error", [DiffinvError, RuntimeError])
+def test_failure_mid_run_leaves_no_files(tmp_path, monkeypatch, capsys, error):
+    """Inputs are validated first; should a restoration still fail, earlier outputs are removed.
+    A user error (DiffinvError) is one line and exit 2; anything else is a bug and propagates
+    (the traceback shows) -- in both cases nothing half-written is left."""
     from diffinv import pipeline
 
     real = pipeline.degrade_and_restore
@@ -306,15 +310,20 @@ def test_failure_mid_run_leaves_no_files(tmp_path, monkeypatch, capsys):
     def flaky(*args, **kwargs):
         calls.append(1)
         if len(calls) == 2:
-            raise ValueError("solver exploded")
+            raise error("solver exploded")
         return real(*args, **kwargs)
 
     monkeypatch.setattr(pipeline, "degrade_and_restore", flaky)
     second = tmp_path / "copy.png"
     second.write_bytes(FACE.read_bytes())
     out = tmp_path / "out"
-    code, _, err = run(["restore", FACE, second, "--task", "sr4", "--method", "pinv", "--out", out], capsys)
-    assert code == 2 and "solver exploded" in err
+    argv = ["restore", FACE, second, "--task", "sr4", "--method", "pinv", "--out", out]
+    if error is DiffinvError:
+        code, _, err = run(argv, capsys)
+        assert code == 2 and "solver exploded" in err
+    else:
+        with pytest.raises(RuntimeError, match="solver exploded"):
+            run(argv, capsys)
     assert not out.exists()
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
+from .errors import DiffinvError
+
 __all__ = [
     "SPECS",
     "METHODS",
@@ -81,6 +83,7 @@ def default_prior(task: str | None, data: str | None = None) -> str:
     """The shipped prior used when none is named: ``ct-ellipses-64`` for CT tasks or ellipse
     phantom data (``ellipses``, ``ellipses:N``), else ``natural-64``."""
     return CT_PRIOR if parse_task(task).is_ct or is_phantom_data(data) else NATURAL_PRIOR
+
 
 #: (form, one-line description), as :func:`diffinv.operators.available_specs` returns them.
 SPECS: list[tuple[str, str]] = [
@@ -210,7 +213,7 @@ def check_method(name: str) -> None:
     the solver registry itself, so an out-of-date table costs time, never a wrong refusal.
     """
     if not isinstance(name, str):
-        raise ValueError(f"a method must be a name such as ddnm, got {name!r}")
+        raise DiffinvError(f"a method must be a name such as ddnm, got {name!r}")
     if name in method_names():
         return
     from . import solvers

@@ -29,6 +29,7 @@ from .cli_commands import (
     _cmd_train,
 )
 from .cli_errors import CLIError, _one_line, _ParseError, _Parser
+from .errors import DiffinvError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -248,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     except _ParseError as exc:
         print(f"{exc.prog}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
-    except (CLIError, ValueError, FileNotFoundError) as exc:
+    except (CLIError, DiffinvError, FileNotFoundError) as exc:
+        # A user's mistake: one line, exit 2. Any other exception is a bug: its traceback shows.
         print(f"diffinv {command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

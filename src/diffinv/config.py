@@ -29,6 +29,7 @@ import os
 from pathlib import Path
 
 from . import __version__
+from .errors import DiffinvError
 
 #: Namespace entries that describe how a run was invoked rather than what it does.
 _NOT_SAVED = ("func", "config", "command")
@@ -51,19 +52,19 @@ def load_config(path: str | os.PathLike, command: str | None = None) -> dict:
     """
     p = Path(path)
     if not p.is_file():
-        raise ValueError(f"config file not found: {p}")
+        raise DiffinvError(f"config file not found: {p}")
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"cannot read config file {p}: {' '.join(str(e).split())}") from e
+        raise DiffinvError(f"cannot read config file {p}: {' '.join(str(e).split())}") from e
     if not isinstance(data, dict):
-        raise ValueError(f"config file {p} must hold a JSON object, got {type(data).__name__}")
+        raise DiffinvError(f"config file {p} must hold a JSON object, got {type(data).__name__}")
     stored = data.get("command")
     if command is not None and stored is not None and stored != command:
-        raise ValueError(f"config file {p} is for 'diffinv {stored}', not 'diffinv {command}'")
+        raise DiffinvError(f"config file {p} is for 'diffinv {stored}', not 'diffinv {command}'")
     settings = data.get("args", data)
     if not isinstance(settings, dict):
-        raise ValueError(f"config file {p}: 'args' must be a JSON object")
+        raise DiffinvError(f"config file {p}: 'args' must be a JSON object")
     if "args" not in data:
         settings = {k: v for k, v in settings.items() if k not in ("command", "diffinv_version")}
     return {k: v for k, v in settings.items() if k not in _NOT_SAVED}
@@ -87,7 +88,7 @@ def apply_config(parser: argparse.ArgumentParser, path: str | os.PathLike, comma
     settings = load_config(path, command)
     unknown = sorted(set(settings) - settable_options(parser))
     if unknown:
-        raise ValueError(
+        raise DiffinvError(
             f"config file {path} has setting(s) {', '.join(unknown)} that 'diffinv {command}' does not accept"
         )
     parser.set_defaults(**settings)

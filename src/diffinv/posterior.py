@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .errors import DiffinvError
 from .pipeline import Restoration
 
 __all__ = [
@@ -94,9 +95,9 @@ class PosteriorSamples:
 def check_samples(n: object, name: str = "n") -> int:
     """``n`` as an int >= 1, else a one-line ValueError naming ``name``."""
     if isinstance(n, bool) or not isinstance(n, numbers.Integral):
-        raise ValueError(f"{name} must be an integer >= 1 (the number of samples), got {n!r}")
+        raise DiffinvError(f"{name} must be an integer >= 1 (the number of samples), got {n!r}")
     if n < 1:
-        raise ValueError(f"{name} must be an integer >= 1 (the number of samples), got {n}")
+        raise DiffinvError(f"{name} must be an integer >= 1 (the number of samples), got {n}")
     return int(n)
 
 
@@ -104,14 +105,14 @@ def _check_batch(batch: object) -> int | None:
     if batch is None:
         return None
     if isinstance(batch, bool) or not isinstance(batch, numbers.Integral) or batch < 1:
-        raise ValueError(f"batch must be a positive integer (rows per solver call), got {batch!r}")
+        raise DiffinvError(f"batch must be a positive integer (rows per solver call), got {batch!r}")
     return int(batch)
 
 
 def _central(level: float) -> tuple[float, float]:
     level = float(level)
     if not 0.0 < level < 1.0:
-        raise ValueError(f"level must be in (0, 1), got {level}")
+        raise DiffinvError(f"level must be in (0, 1), got {level}")
     return (1.0 - level) / 2.0, (1.0 + level) / 2.0
 
 
@@ -127,7 +128,7 @@ def _quantiles(samples: torch.Tensor, probs: Sequence[float]) -> list[torch.Tens
     for p in probs:
         p = float(p)
         if not 0.0 <= p <= 1.0:
-            raise ValueError(f"quantiles must be in [0, 1], got {p}")
+            raise DiffinvError(f"quantiles must be in [0, 1], got {p}")
         pos = p * (K - 1)
         i0 = math.floor(pos)
         i1 = min(i0 + 1, K - 1)
@@ -141,7 +142,7 @@ def summarize(
 ) -> PosteriorSamples:
     """Mean, std (divisor K - 1) and ``quantiles`` of ``samples`` (K, B, C, H, W)."""
     if samples.dim() < 2:
-        raise ValueError(f"samples must have shape (K, B, ...), got {tuple(samples.shape)}")
+        raise DiffinvError(f"samples must have shape (K, B, ...), got {tuple(samples.shape)}")
     K = samples.shape[0]
     mean = samples.mean(0)
     std = samples.std(0, correction=1) if K > 1 else torch.zeros_like(mean)
@@ -300,11 +301,11 @@ def variance_ratio(
     """
     samples = post.samples if isinstance(post, PosteriorSamples) else post
     if samples.shape[0] < 2:
-        raise ValueError("variance_ratio needs at least 2 samples per image")
+        raise DiffinvError("variance_ratio needs at least 2 samples per image")
     v = samples.var(0, correction=1).reshape(-1).double()
     ref = variance.reshape(-1).to(v)
     if ref.numel() != v.numel():
-        raise ValueError(f"variance has {ref.numel()} values, the samples {v.numel()} pixels")
+        raise DiffinvError(f"variance has {ref.numel()} values, the samples {v.numel()} pixels")
     keep = ref > min_var
     return float(v[keep].sum() / ref[keep].sum())
 

@@ -14,6 +14,8 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from .errors import DiffinvError
+
 __all__ = ["InputWarning", "check_output_dir", "check_input_files", "parse_params"]
 
 
@@ -44,20 +46,20 @@ def check_output_dir(out: str | os.PathLike, option: str = "--out") -> Path:
     """
     p = Path(out)
     if p.is_symlink() and not p.exists():
-        raise ValueError(f"{option} {p} is a broken symbolic link")
+        raise DiffinvError(f"{option} {p} is a broken symbolic link")
     if p.exists():
         if not p.is_dir():
-            raise ValueError(f"{option} {p} exists and is not a folder")
+            raise DiffinvError(f"{option} {p} exists and is not a folder")
         if not os.access(p, os.W_OK | os.X_OK):
-            raise ValueError(f"{option} {p}: the folder {_not_writable_reason(p)}")
+            raise DiffinvError(f"{option} {p}: the folder {_not_writable_reason(p)}")
         return p
     ancestor = Path(os.path.abspath(p)).parent
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
-        raise ValueError(f"{option} {p} cannot be created: {ancestor} is a file, not a folder")
+        raise DiffinvError(f"{option} {p} cannot be created: {ancestor} is a file, not a folder")
     if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise ValueError(f"{option} {p} cannot be created: {ancestor} {_not_writable_reason(ancestor)}")
+        raise DiffinvError(f"{option} {p} cannot be created: {ancestor} {_not_writable_reason(ancestor)}")
     return p
 
 
@@ -71,11 +73,11 @@ def check_input_files(paths: Iterable[str | os.PathLike], what: str = "image fil
     for item in paths:
         p = Path(item)
         if not p.exists():
-            raise ValueError(f"{what} not found: {p}")
+            raise DiffinvError(f"{what} not found: {p}")
         if not p.is_file():
-            raise ValueError(f"not a regular file: {p}")
+            raise DiffinvError(f"not a regular file: {p}")
         if not os.access(p, os.R_OK):
-            raise ValueError(f"{what} {p} is not readable (permission denied)")
+            raise DiffinvError(f"{what} {p} is not readable (permission denied)")
         checked.append(p)
     return checked
 
@@ -93,7 +95,7 @@ def parse_params(items: Sequence[str] | None) -> dict:
         key, sep, raw = str(item).partition("=")
         key = key.strip().replace("-", "_")
         if not sep or not key:
-            raise ValueError(f"--param expects KEY=VALUE, got {item!r}")
+            raise DiffinvError(f"--param expects KEY=VALUE, got {item!r}")
         raw = raw.strip()
         low = raw.lower()
         if low in ("true", "false"):
@@ -109,6 +111,6 @@ def parse_params(items: Sequence[str] | None) -> dict:
                 except ValueError:
                     value = raw
             if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError(f"--param {key}: value must be finite, got {raw!r}")
+                raise DiffinvError(f"--param {key}: value must be finite, got {raw!r}")
         params[key] = value
     return params

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .catalog import default_prior, parse_task
+from .errors import DiffinvError
 from .preflight import InputWarning, parse_params
 from .restore_checks import (  # noqa: F401  (old names of diffinv.restore)
     _check_device,
@@ -92,13 +93,13 @@ def _prepare_clean(path: Path, raw: torch.Tensor, s: _Settings, prior, channels,
     C, H, W = x.shape[1:]
     if parse_task(s.task).is_ct and prior is not None and (H, W) != tuple(prior.image_shape[1:]):
         ph, pw = prior.image_shape[1:]
-        raise ValueError(
+        raise DiffinvError(
             f"{path} is {H}x{W}, but the prior {s.model} reconstructs CT images of size {ph}x{pw} only "
             f"(--resize scales it to {ph}x{pw}; or use a classical method such as pinv / fista-tv)"
         )
     k = parse_task(s.task).sr_factor
     if k > 1 and (H % k or W % k):
-        raise ValueError(
+        raise DiffinvError(
             f"{path}: image size {H}x{W} is not divisible by the super-resolution factor {k} of "
             f"{s.task}; crop it to {H - H % k}x{W - W % k} (diffinv does not pad)"
         )
@@ -117,7 +118,7 @@ def _prepare_measured(path: Path, raw: torch.Tensor, s: _Settings, prior, channe
     spec = s.task
     if parse_task(spec).is_ct:
         if y.shape[1] != 1:
-            raise ValueError(
+            raise DiffinvError(
                 f"{path}: a {spec} sinogram must be an array of shape (views, bins) or (1, views, bins), "
                 f"got {y.shape[1]} channels"
             )
@@ -126,14 +127,16 @@ def _prepare_measured(path: Path, raw: torch.Tensor, s: _Settings, prior, channe
             n = prior.image_shape[-1]
             want = math.ceil(n * math.sqrt(2.0))
             if bins != want:
-                raise ValueError(
+                raise DiffinvError(
                     f"{path}: sinogram has {bins} detector bins, but the prior {s.model} reconstructs "
                     f"{n}x{n} images, whose {spec} sinograms have {want} bins"
                 )
         else:
             n = _ct_size_from_bins(bins)
             if n is None:
-                raise ValueError(f"{path}: {bins} detector bins is not ceil(N*sqrt(2)) for any image size N")
+                raise DiffinvError(
+                    f"{path}: {bins} detector bins is not ceil(N*sqrt(2)) for any image size N"
+                )
         shape = (1, n, n)
     else:
         colorize = parse_task(spec).colorize
@@ -151,7 +154,7 @@ def _prepare_measured(path: Path, raw: torch.Tensor, s: _Settings, prior, channe
         op = from_spec(spec, shape, seed=s.seed)
         label = spec
     if tuple(op.out_shape) != tuple(y.shape[1:]):
-        raise ValueError(
+        raise DiffinvError(
             f"{path}: observation of shape {tuple(y.shape[1:])} does not fit {label} on images of shape "
             f"{shape}, which measures {tuple(op.out_shape)}"
         )
@@ -321,9 +324,9 @@ def restore_files(
         inputs, task, method, steps=steps, sigma_y=sigma_y, seed=seed, out=out, mask=mask, params=params
     )
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise ValueError(f"--samples must be an integer >= 1, got {samples!r}")
+        raise DiffinvError(f"--samples must be an integer >= 1, got {samples!r}")
     if save_samples and samples == 1:
-        raise ValueError("--save-samples keeps each of several samples; give --samples K with K > 1")
+        raise DiffinvError("--save-samples keeps each of several samples; give --samples K with K > 1")
     from . import pipeline, priors, solvers
     from .config import write_config, write_json_atomic
     from .data.io import load_image, save_image, save_npy_atomic
@@ -346,14 +349,14 @@ def restore_files(
     if tile_batch is not None and (
         isinstance(tile_batch, bool) or int(tile_batch) != tile_batch or tile_batch < 1
     ):
-        raise ValueError(f"tile_batch must be a positive integer, got {tile_batch!r}")
+        raise DiffinvError(f"tile_batch must be a positive integer, got {tile_batch!r}")
     win = None if window is None else medical.parse_window(window)
     if slice_index is not None and (
         isinstance(slice_index, bool) or int(slice_index) != slice_index or slice_index < 0
     ):
-        raise ValueError(f"slice must be an integer >= 0, got {slice_index!r}")
+        raise DiffinvError(f"slice must be an integer >= 0, got {slice_index!r}")
     if hu_offset is not None and not math.isfinite(float(hu_offset)):
-        raise ValueError(f"hu_offset must be a finite number, got {hu_offset!r}")
+        raise DiffinvError(f"hu_offset must be a finite number, got {hu_offset!r}")
     raws, infos = [], []
     for path in paths:
         try:
@@ -362,14 +365,14 @@ def restore_files(
             if not measured and (medical.is_medical(path) or win is not None or hu_offset is not None):
                 raw, info = medical.load_slice(path, win, hu_offset, slice_index)
             elif slice_index is not None:
-                raise ValueError("--slice applies to NIfTI volumes (.nii, .nii.gz)")
+                raise DiffinvError("--slice applies to NIfTI volumes (.nii, .nii.gz)")
             else:
                 raw, info = load_image(path), None
             raws.append(raw)
             infos.append(info)
         except ValueError as e:
             msg = _one_line(e)
-            raise ValueError(msg if str(path) in msg else f"{path}: {msg}") from None
+            raise DiffinvError(msg if str(path) in msg else f"{path}: {msg}") from None
 
     # --- prior (only for diffusion methods), then every input checked against it
     prior = None
@@ -394,7 +397,7 @@ def restore_files(
             job = prepare(path, raw, s, prior, channels, why)
         except ValueError as e:
             msg = _one_line(e)
-            raise ValueError(msg if str(path) in msg else f"{path}: {msg}") from None
+            raise DiffinvError(msg if str(path) in msg else f"{path}: {msg}") from None
         solver.check_operator(job.op)
         jobs.append(job)
     if mask_warning:  # once every input is known to be good: a warning, then no error

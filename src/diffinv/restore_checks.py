@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .catalog import parse_task
+from .errors import DiffinvError
 from .preflight import check_input_files, check_output_dir, parse_params
 
 if TYPE_CHECKING:  # torch is imported where it is used, so that check_arguments is fast (no torch)
@@ -31,11 +32,11 @@ def _check_device(name) -> torch.device:
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError) as e:
-        raise ValueError(f"unknown device {name!r} ({_one_line(e)})") from None
+        raise DiffinvError(f"unknown device {name!r} ({_one_line(e)})") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available")
+        raise DiffinvError(f"device {name!r} requested but CUDA is not available")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {name!r} requested but MPS is not available")
+        raise DiffinvError(f"device {name!r} requested but MPS is not available")
     return device
 
 
@@ -49,8 +50,8 @@ def _with_channels(t: torch.Tensor, want: int | None, path: Path, why: str) -> t
     if want == 1 and have == 3:
         if torch.equal(t[:, :1].expand_as(t), t):
             return t[:, :1].contiguous()
-        raise ValueError(f"{path} is a colour image, but {why}")
-    raise ValueError(f"{path} is a grayscale image, but {why}")
+        raise DiffinvError(f"{path} is a colour image, but {why}")
+    raise DiffinvError(f"{path} is a grayscale image, but {why}")
 
 
 def _ct_size_from_bins(bins: int) -> int | None:
@@ -68,7 +69,7 @@ def _check_spec(spec: str, seed: int) -> None:
 
     if parse_task(spec).is_ct:
         if len(parse_task(spec).parts) > 1:
-            raise ValueError(f"task {spec!r}: CT cannot be composed with other degradations")
+            raise DiffinvError(f"task {spec!r}: CT cannot be composed with other degradations")
         return
     k = parse_task(spec).sr_factor
     from_spec(spec, (3, 64 * k, 64 * k), seed=seed)
@@ -79,13 +80,13 @@ def _restore_channels(spec: str | None, prior, model: str | None) -> tuple[int |
     c = prior.image_shape[0] if prior is not None else None
     if parse_task(spec).is_ct:
         if c not in (None, 1):
-            raise ValueError(
+            raise DiffinvError(
                 f"task {spec} reconstructs 1-channel images, but the prior {model} has {c} channels"
             )
         return 1, f"{spec} reconstructs single-channel (grayscale) images"
     if parse_task(spec).colorize:
         if c not in (None, 3):
-            raise ValueError(f"colorize needs an RGB (3-channel) prior; {model} has {c} channel(s)")
+            raise DiffinvError(f"colorize needs an RGB (3-channel) prior; {model} has {c} channel(s)")
         return 3, "colorize needs an RGB ground truth to degrade"
     if c is not None:
         kind = "an RGB" if c == 3 else f"a {c}-channel"
@@ -124,24 +125,24 @@ def check_arguments(
         inputs = [inputs]
     paths = [Path(p) for p in (inputs or [])]
     if not paths:
-        raise ValueError("no INPUT given (an image, or with --measured an observation / .npy sinogram)")
+        raise DiffinvError("no INPUT given (an image, or with --measured an observation / .npy sinogram)")
     if task is None and not mask:
-        raise ValueError("--task is required (e.g. sr4, inpaint-box, colorize, ct30; see 'diffinv tasks')")
+        raise DiffinvError("--task is required (e.g. sr4, inpaint-box, colorize, ct30; see 'diffinv tasks')")
     if mask and task is not None and not task.startswith("inpaint"):
-        raise ValueError(f"--mask defines an inpainting task; it cannot be combined with --task {task}")
+        raise DiffinvError(f"--mask defines an inpainting task; it cannot be combined with --task {task}")
     if not isinstance(sigma_y, (int, float)) or not math.isfinite(sigma_y) or sigma_y < 0:
-        raise ValueError(f"--sigma-y must be a finite number >= 0, got {sigma_y}")
+        raise DiffinvError(f"--sigma-y must be a finite number >= 0, got {sigma_y}")
     if steps is not None and (not isinstance(steps, int) or steps < 1):
-        raise ValueError(f"--steps must be a positive integer, got {steps}")
+        raise DiffinvError(f"--steps must be a positive integer, got {steps}")
     if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"--seed must be an integer, got {seed!r}")
+        raise DiffinvError(f"--seed must be an integer, got {seed!r}")
     if mask:
         check_input_files([mask], "mask file")
     check_input_files(paths, "input file")
     stems: dict[str, Path] = {}
     for p in paths:
         if p.stem in stems:
-            raise ValueError(
+            raise DiffinvError(
                 f"inputs {stems[p.stem]} and {p} would write the same output names ({p.stem}_...)"
             )
         stems[p.stem] = p
@@ -164,7 +165,7 @@ def _check_param_values(params: dict, method_cls) -> None:
     defaults = method_cls.defaults
     unknown = sorted(set(params) - set(defaults))
     if unknown:
-        raise ValueError(
+        raise DiffinvError(
             f"unknown parameter(s) {unknown} for method {method_cls.name!r}; "
             f"accepted: {sorted(defaults) or 'none'}"
         )
@@ -177,7 +178,7 @@ def _check_param_values(params: dict, method_cls) -> None:
         else:  # a string or None default: the solver checks the value
             continue
         if not ok:
-            raise ValueError(f"--param {key}={value!r}: {key} of method {method_cls.name!r} must be {want}")
+            raise DiffinvError(f"--param {key}={value!r}: {key} of method {method_cls.name!r} must be {want}")
 
 
 def _param_error(exc: BaseException, params: dict, method_cls) -> ValueError:
@@ -187,15 +188,15 @@ def _param_error(exc: BaseException, params: dict, method_cls) -> ValueError:
     """
     msg = _one_line(exc)
     if any(key in msg for key in params):
-        return ValueError(msg)
+        return DiffinvError(msg)
     # suspects: text given for a parameter whose default is not text (None defaults are numbers so far)
     suspects = [
         k for k, v in params.items() if isinstance(v, str) and not isinstance(method_cls.defaults.get(k), str)
     ]
     if not suspects:
-        return ValueError(msg)
+        return DiffinvError(msg)
     given = ", ".join(f"{k}={params[k]!r}" for k in suspects)
-    return ValueError(f"--param {given}: {msg}")
+    return DiffinvError(f"--param {given}: {msg}")
 
 
 def _check_mask(mask: str | os.PathLike) -> str | None:
@@ -209,7 +210,7 @@ def _check_mask(mask: str | os.PathLike) -> str | None:
         with Image.open(mask) as im:
             w, h = im.size
     except OSError as e:  # (UnidentifiedImageError is an OSError)
-        raise ValueError(f"cannot read mask image {os.fspath(mask)!r}: {_one_line(e)}") from None
+        raise DiffinvError(f"cannot read mask image {os.fspath(mask)!r}: {_one_line(e)}") from None
     kept = float(Inpaint.from_png(mask, (1, h, w)).A(torch.ones(1, 1, h, w)).mean())
     if kept == 0.0:
         return (
@@ -236,7 +237,7 @@ def _check_sinogram_dtype(path: Path) -> None:
     except Exception:  # unreadable or not an array: load_image reports it, with its own message
         return
     if not np.issubdtype(dtype, np.floating):
-        raise ValueError(
+        raise DiffinvError(
             f"{path}: a CT sinogram must hold float line integrals, got {dtype} data "
             "(integer arrays would be divided by their type's maximum); save it as float32 / float64"
         )
@@ -247,16 +248,16 @@ def _resize_inputs(raws: list, resize: int | bool, prior, measured: bool) -> tup
     import torch.nn.functional as F
 
     if measured:
-        raise ValueError("--resize applies to clean inputs; an observation keeps its measured size")
+        raise DiffinvError("--resize applies to clean inputs; an observation keeps its measured size")
     if resize is True:
         if prior is None:
-            raise ValueError(
+            raise DiffinvError(
                 "--resize without a size needs a diffusion prior (give --resize N for classical methods)"
             )
         size = tuple(prior.image_shape[1:])
     else:
         if isinstance(resize, bool) or int(resize) != resize or not 8 <= resize <= 4096:
-            raise ValueError(f"resize must be a size in [8, 4096] pixels, got {resize!r}")
+            raise DiffinvError(f"resize must be a size in [8, 4096] pixels, got {resize!r}")
         size = (int(resize), int(resize))
     out, before = [], []
     for raw in raws:

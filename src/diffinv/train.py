@@ -35,6 +35,7 @@ import torch
 from PIL import Image
 
 from .data.training import EllipseStream, ImageFolderCrops, training_stream  # noqa: F401
+from .errors import DiffinvError
 from .priors.schedules import VPSchedule
 
 # ---------------------------------------------------------------------------------------- config
@@ -74,24 +75,24 @@ class TrainConfig:
 
     def validate(self) -> None:
         if self.channels not in (1, 3):
-            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+            raise DiffinvError(f"channels must be 1 or 3, got {self.channels}")
         if self.size < 8 or self.size % 2 ** (len(self.block_out_channels) - 1):
-            raise ValueError(
+            raise DiffinvError(
                 f"size must be >= 8 and divisible by {2 ** (len(self.block_out_channels) - 1)}, got {self.size}"
             )
         for key in ("steps", "batch"):
             if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+                raise DiffinvError(f"{key} must be >= 1, got {getattr(self, key)}")
         if not self.lr > 0 or not 0 <= self.ema_decay < 1:
-            raise ValueError(f"need lr > 0 and 0 <= ema_decay < 1, got {self.lr}, {self.ema_decay}")
+            raise DiffinvError(f"need lr > 0 and 0 <= ema_decay < 1, got {self.lr}, {self.ema_decay}")
         if self.schedule not in ("linear", "cosine"):
-            raise ValueError(f"schedule must be 'linear' or 'cosine', got {self.schedule!r}")
+            raise DiffinvError(f"schedule must be 'linear' or 'cosine', got {self.schedule!r}")
         if self.window:
             from .data.medical import parse_window
 
             parse_window(self.window)  # an unknown preset or a bad width fails before any work
         if self.data != "ellipses" and not Path(self.data).is_dir():
-            raise ValueError(f"data must be an image folder or 'ellipses'; {self.data!r} is not a folder")
+            raise DiffinvError(f"data must be an image folder or 'ellipses'; {self.data!r} is not a folder")
 
 
 def make_unet(cfg: TrainConfig):
@@ -223,14 +224,14 @@ def _init_weights(unet, folder: Path) -> None:
     ]
     path = next((p for p in candidates if p.is_file()), None)
     if path is None:
-        raise ValueError(
+        raise DiffinvError(
             f"init_from: no diffusion_pytorch_model.safetensors in {folder} or {folder / 'unet'}"
         )
     state = {k: v.float() for k, v in load_file(str(path)).items()}
     try:
         unet.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise ValueError(
+        raise DiffinvError(
             f"init_from: weights in {path} do not fit this architecture ({str(exc)[:200]})"
         ) from exc
 
@@ -284,7 +285,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     ckpt_path = out / "checkpoint.pt"
     if resume:
         if not ckpt_path.exists():
-            raise ValueError(f"--resume: no checkpoint at {ckpt_path}")
+            raise DiffinvError(f"--resume: no checkpoint at {ckpt_path}")
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
         unet.load_state_dict(ckpt["model"])
         ema.load_state_dict(ckpt["ema"])

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from .errors import DiffinvError
+
 
 def to_pil(x: torch.Tensor, size: int | None = None) -> Image.Image:
     """(C, H, W) or (1, C, H, W) tensor in [0, 1] -> PIL image (clamped), optionally upscaled
@@ -104,7 +106,7 @@ def heatmap(
     a = values.detach().float().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
     a = np.squeeze(a)
     if a.ndim != 2:
-        raise ValueError(f"heatmap needs a 2-D map, got shape {a.shape}")
+        raise DiffinvError(f"heatmap needs a 2-D map, got shape {a.shape}")
     finite = a[np.isfinite(a)]
     top = float(vmax) if vmax is not None else float(finite.max()) if finite.size else 1.0
     top = top if top > 0 else 1.0  # an all-zero map (a deterministic method) is drawn dark, not NaN

@@ -16,13 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import DiffinvError
 from . import options
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 SUFFIXES = (*IMAGE_SUFFIXES, ".npy", ".dcm", ".nii", ".nii.gz")
 
 
-class InputError(ValueError):
+class InputError(DiffinvError):
     """A bad upload or setting: one line for the page."""
 
 

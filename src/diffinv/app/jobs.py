@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..errors import DiffinvError
+
 
 class QueueFull(RuntimeError):
     """The device is busy and ``max_waiting`` jobs already wait for it."""
@@ -37,7 +39,7 @@ class JobQueue:
 
     def __init__(self, max_waiting: int = 8):
         if max_waiting < 0:
-            raise ValueError(f"max_waiting must be >= 0, got {max_waiting}")
+            raise DiffinvError(f"max_waiting must be >= 0, got {max_waiting}")
         self.max_waiting = int(max_waiting)
         self._cond = threading.Condition()
         self._busy: set[str] = set()

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..catalog import METHODS, default_prior, parse_task
+from ..errors import DiffinvError
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 IMAGES = ASSETS / "images"
@@ -166,13 +167,15 @@ def task_label(task: str | None, has_mask: bool) -> str | None:
     """
     task = (task or "").strip()
     if not task:
-        raise ValueError("choose a task (e.g. sr4, inpaint-box, colorize, ct18)")
+        raise DiffinvError("choose a task (e.g. sr4, inpaint-box, colorize, ct18)")
     if task == MASK_TASK:
         if not has_mask:
-            raise ValueError("task inpaint-mask needs a mask: upload one or paint over the image")
+            raise DiffinvError("task inpaint-mask needs a mask: upload one or paint over the image")
         return None
     if has_mask:
         if task.startswith("inpaint"):
             return None
-        raise ValueError(f"a mask means inpainting: choose task {MASK_TASK}, or clear the mask to run {task}")
+        raise DiffinvError(
+            f"a mask means inpainting: choose task {MASK_TASK}, or clear the mask to run {task}"
+        )
     return task

@@ -17,6 +17,8 @@ import math
 
 import torch
 
+from ..errors import DiffinvError
+
 # Modified Shepp-Logan (Toft 1996): (intensity, semi-axis a, semi-axis b, x0, y0, angle in degrees).
 _SHEPP_LOGAN = [
     (1.00, 0.6900, 0.920, 0.00, 0.0000, 0),
@@ -47,7 +49,7 @@ def render_ellipses(params: torch.Tensor, size: int, supersample: int = 2) -> to
     Returns (B, 1, size, size) float64, not clipped.
     """
     if size < 1 or supersample < 1:
-        raise ValueError(f"size and supersample must be >= 1, got {size}, {supersample}")
+        raise DiffinvError(f"size and supersample must be >= 1, got {size}, {supersample}")
     xx, yy = _grid(size, supersample)
     p = params.to(torch.float64)
     rho, a, b, x0, y0, th = (p[..., i, None, None] for i in range(6))
@@ -90,7 +92,7 @@ def random_phantoms(
     optional smooth texture (a few random low-frequency cosines, amplitude <= 0.05) in the body.
     """
     if n < 0 or size < 4 or max_inner < 2:
-        raise ValueError(f"need n >= 0, size >= 4, max_inner >= 2; got {n}, {size}, {max_inner}")
+        raise DiffinvError(f"need n >= 0, size >= 4, max_inner >= 2; got {n}, {size}, {max_inner}")
     g = generator
     E = 2 + max_inner
     params = torch.zeros(n, E, 6, dtype=torch.float64)

@@ -32,6 +32,8 @@ from typing import IO
 import numpy as np
 import torch
 
+from ..errors import DiffinvError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 ARRAY_SUFFIXES = (".npy",)
 LUMA_BT601 = (0.299, 0.587, 0.114)
@@ -45,25 +47,25 @@ def load_image(path: str | os.PathLike, channels: int | None = None) -> torch.Te
     ``channels`` is ``None`` (keep), 1 (BT.601 gray) or 3 (RGB, gray replicated).
     """
     if channels not in (None, 1, 3):
-        raise ValueError(f"channels must be None, 1 or 3, got {channels!r}")
+        raise DiffinvError(f"channels must be None, 1 or 3, got {channels!r}")
     p = Path(path)
     if not p.exists():
-        raise ValueError(f"image file not found: {p}")
+        raise DiffinvError(f"image file not found: {p}")
     if not p.is_file():
-        raise ValueError(f"not a regular file: {p}")
+        raise DiffinvError(f"not a regular file: {p}")
     suffix = p.suffix.lower()
     if suffix in ARRAY_SUFFIXES:
         arr = _read_npy(p)
     elif suffix in IMAGE_SUFFIXES:
         arr = _read_pil(p)
     else:
-        raise ValueError(
+        raise DiffinvError(
             f"unsupported file type {p.suffix or '(no extension)'!r} for {p}; "
             f"expected one of {', '.join(IMAGE_SUFFIXES + ARRAY_SUFFIXES)}"
         )
     # arr: float64 (H, W, C), C in {1, 3}
     if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ValueError(f"empty image {arr.shape[0]}x{arr.shape[1]} in {p}")
+        raise DiffinvError(f"empty image {arr.shape[0]}x{arr.shape[1]} in {p}")
     if channels == 1 and arr.shape[2] == 3:
         arr = arr @ np.asarray(LUMA_BT601)[:, None]
     elif channels == 3 and arr.shape[2] == 1:
@@ -80,9 +82,9 @@ def _read_pil(p: Path) -> np.ndarray:
             im.load()
             arr = _pil_to_array(im)
     except Exception as e:  # Pillow raises many types for corrupt data (OSError, SyntaxError, ...)
-        raise ValueError(f"cannot read image file {p}: {_oneline(e)}") from e
+        raise DiffinvError(f"cannot read image file {p}: {_oneline(e)}") from e
     if not np.all(np.isfinite(arr)):
-        raise ValueError(f"image file {p} contains NaN or Inf values")
+        raise DiffinvError(f"image file {p} contains NaN or Inf values")
     return arr
 
 
@@ -105,14 +107,14 @@ def _pil_to_array(im) -> np.ndarray:
     elif mode == "I":
         a = np.asarray(im).astype(np.float64)
         if a.size and a.min() < 0:
-            raise ValueError("unsupported 32-bit integer image with negative values")
+            raise DiffinvError("unsupported 32-bit integer image with negative values")
         # 16-bit files are often decoded as 32-bit "I"; only wider data use the 32-bit range.
         a = a / (65535.0 if a.size == 0 or a.max() <= 65535 else 4294967295.0)
         a = a[..., None]
     elif mode == "F":
         a = np.asarray(im, dtype=np.float64)[..., None]
     else:
-        raise ValueError(f"unsupported image mode {mode!r}")
+        raise DiffinvError(f"unsupported image mode {mode!r}")
     return a
 
 
@@ -120,9 +122,9 @@ def _read_npy(p: Path) -> np.ndarray:
     try:
         a = np.load(p, allow_pickle=False)
     except Exception as e:  # corrupt header, truncated data, pickled objects, ...
-        raise ValueError(f"cannot read array file {p}: {_oneline(e)}") from e
+        raise DiffinvError(f"cannot read array file {p}: {_oneline(e)}") from e
     if not isinstance(a, np.ndarray):
-        raise ValueError(f"cannot read array file {p}: not a single array")
+        raise DiffinvError(f"cannot read array file {p}: not a single array")
     if a.dtype == np.bool_:
         a = a.astype(np.float64)
     elif np.issubdtype(a.dtype, np.integer):
@@ -130,9 +132,9 @@ def _read_npy(p: Path) -> np.ndarray:
     elif np.issubdtype(a.dtype, np.floating):
         a = a.astype(np.float64)
         if not np.all(np.isfinite(a)):
-            raise ValueError(f"array file {p} contains NaN or Inf values")
+            raise DiffinvError(f"array file {p} contains NaN or Inf values")
     else:
-        raise ValueError(f"unsupported array dtype {a.dtype} in {p} (expected integer, bool or float)")
+        raise DiffinvError(f"unsupported array dtype {a.dtype} in {p} (expected integer, bool or float)")
     if a.ndim == 2:
         return a[:, :, None]
     if a.ndim == 3:
@@ -140,10 +142,10 @@ def _read_npy(p: Path) -> np.ndarray:
             return a
         if a.shape[0] in (1, 3):
             return a.transpose(1, 2, 0)
-        raise ValueError(
+        raise DiffinvError(
             f"array of shape {a.shape} in {p} has no channel axis of size 1 or 3 (first or last)"
         )
-    raise ValueError(f"array in {p} has rank {a.ndim}, expected 2 (H, W) or 3 (H, W, C) / (C, H, W)")
+    raise DiffinvError(f"array in {p} has rank {a.ndim}, expected 2 (H, W) or 3 (H, W, C) / (C, H, W)")
 
 
 def _oneline(e: BaseException) -> str:
@@ -184,21 +186,21 @@ def save_image(x: torch.Tensor, path: str | os.PathLike) -> Path:
 
     p = Path(path)
     if p.suffix.lower() != ".png":
-        raise ValueError(f"save_image writes PNG files; use a .png path (got {p})")
+        raise DiffinvError(f"save_image writes PNG files; use a .png path (got {p})")
     if not isinstance(x, torch.Tensor):
-        raise ValueError(f"save_image expects a torch.Tensor, got {type(x).__name__}")
+        raise DiffinvError(f"save_image expects a torch.Tensor, got {type(x).__name__}")
     t = x.detach()
     if t.dim() == 4 and t.shape[0] == 1:
         t = t[0]
     if t.dim() != 3 or t.shape[0] not in (1, 3) or t.shape[1] == 0 or t.shape[2] == 0:
-        raise ValueError(
+        raise DiffinvError(
             f"save_image expects a (C, H, W) or (1, C, H, W) tensor with C in 1, 3; got {tuple(x.shape)}"
         )
     if t.is_complex():
-        raise ValueError("save_image cannot save a complex tensor")
+        raise DiffinvError("save_image cannot save a complex tensor")
     t = t.to(device="cpu", dtype=torch.float64)
     if not torch.isfinite(t).all():
-        raise ValueError(f"cannot save image with NaN or Inf values to {p}")
+        raise DiffinvError(f"cannot save image with NaN or Inf values to {p}")
     a = (t.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
     im = Image.fromarray(np.ascontiguousarray(a[:, :, 0] if a.shape[2] == 1 else a))  # L / RGB
     return _atomic_write(p, lambda f: im.save(f, format="PNG"))
@@ -210,5 +212,5 @@ def save_npy_atomic(array: np.ndarray | torch.Tensor, path: str | os.PathLike) -
         array = array.detach().cpu().numpy()
     a = np.asarray(array)
     if a.dtype == object:
-        raise ValueError("save_npy_atomic cannot save object arrays")
+        raise DiffinvError("save_npy_atomic cannot save object arrays")
     return _atomic_write(path, lambda f: np.save(f, a, allow_pickle=False))

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import DiffinvError
+
 #: (centre, width) in HU of the usual display windows (radiology conventions).
 WINDOW_PRESETS: dict[str, tuple[float, float]] = {
     "lung": (-600.0, 1500.0),
@@ -52,9 +54,9 @@ class Window:
 
     def __post_init__(self):
         if not (math.isfinite(self.center) and math.isfinite(self.width)):
-            raise ValueError(f"window centre and width must be finite, got {self.center}, {self.width}")
+            raise DiffinvError(f"window centre and width must be finite, got {self.center}, {self.width}")
         if self.width <= 0:
-            raise ValueError(f"window width must be > 0, got {self.width}")
+            raise DiffinvError(f"window width must be > 0, got {self.width}")
 
     @property
     def low(self) -> float:
@@ -86,7 +88,7 @@ def parse_window(spec: str) -> Window:
             pass
         else:
             return Window(center, width)
-    raise ValueError(
+    raise DiffinvError(
         f"unknown window {spec!r}: give a preset ({', '.join(WINDOW_PRESETS)}) or CENTER,WIDTH in HU"
     )
 
@@ -101,23 +103,23 @@ def read_dicom(path: str | Path) -> tuple[np.ndarray, dict]:
     try:
         import pydicom
     except ImportError as exc:  # an optional dependency
-        raise ValueError("reading DICOM needs pydicom: pip install 'diffinv[medical]'") from exc
+        raise DiffinvError("reading DICOM needs pydicom: pip install 'diffinv[medical]'") from exc
     try:
         ds = pydicom.dcmread(str(path))
     except Exception as exc:
-        raise ValueError(f"cannot read DICOM file {path}: {' '.join(str(exc).split())}") from None
+        raise DiffinvError(f"cannot read DICOM file {path}: {' '.join(str(exc).split())}") from None
     if "PixelData" not in ds:
-        raise ValueError(f"DICOM file {path} has no pixel data")
+        raise DiffinvError(f"DICOM file {path} has no pixel data")
     if int(getattr(ds, "SamplesPerPixel", 1)) != 1:
-        raise ValueError(
+        raise DiffinvError(
             f"DICOM file {path} is a colour image ({ds.SamplesPerPixel} samples per pixel); CT slices are gray"
         )
     try:
         pixels = ds.pixel_array
     except Exception as exc:
-        raise ValueError(f"cannot decode the pixel data of {path}: {' '.join(str(exc).split())}") from None
+        raise DiffinvError(f"cannot decode the pixel data of {path}: {' '.join(str(exc).split())}") from None
     if pixels.ndim != 2:
-        raise ValueError(f"DICOM file {path} holds {pixels.ndim}-D pixel data; one 2-D slice is supported")
+        raise DiffinvError(f"DICOM file {path} holds {pixels.ndim}-D pixel data; one 2-D slice is supported")
     slope = float(getattr(ds, "RescaleSlope", 1.0))
     intercept = float(getattr(ds, "RescaleIntercept", 0.0))
     hu = pixels.astype(np.float64) * slope + intercept
@@ -129,26 +131,26 @@ def read_nifti(path: str | Path, slice_index: int | None = None) -> tuple[np.nda
     try:
         import nibabel
     except ImportError as exc:
-        raise ValueError("reading NIfTI needs nibabel: pip install 'diffinv[medical]'") from exc
+        raise DiffinvError("reading NIfTI needs nibabel: pip install 'diffinv[medical]'") from exc
     try:
         img = nibabel.load(str(path))
         data = np.asarray(img.dataobj, dtype=np.float64)  # applies scl_slope / scl_inter
     except Exception as exc:
-        raise ValueError(f"cannot read NIfTI file {path}: {' '.join(str(exc).split())}") from None
+        raise DiffinvError(f"cannot read NIfTI file {path}: {' '.join(str(exc).split())}") from None
     data = np.squeeze(data) if data.ndim > 3 else data
     if data.ndim == 2:
         if slice_index not in (None, 0):
-            raise ValueError(f"slice {slice_index} out of range: {path} holds one 2-D slice (index 0)")
+            raise DiffinvError(f"slice {slice_index} out of range: {path} holds one 2-D slice (index 0)")
         return data, {"format": "nifti", "units": "stored", "slice": 0}
     if data.ndim != 3:
-        raise ValueError(f"NIfTI file {path} has shape {data.shape}; expected a 2-D slice or a 3-D volume")
+        raise DiffinvError(f"NIfTI file {path} has shape {data.shape}; expected a 2-D slice or a 3-D volume")
     depth = data.shape[-1]
     if slice_index is None:
-        raise ValueError(
+        raise DiffinvError(
             f"{path} is a volume of {depth} slices: choose one with --slice K (0 <= K < {depth})"
         )
     if not 0 <= slice_index < depth:
-        raise ValueError(f"slice {slice_index} out of range: {path} has slices 0..{depth - 1}")
+        raise DiffinvError(f"slice {slice_index} out of range: {path} has slices 0..{depth - 1}")
     return data[..., slice_index], {"format": "nifti", "units": "stored", "slice": int(slice_index)}
 
 
@@ -163,18 +165,18 @@ def read_high_bit_depth(path: str | Path, hu_offset: float | None = None) -> tup
         try:
             with Image.open(p) as im:
                 if im.mode not in ("I;16", "I;16B", "I;16L", "I", "L", "F"):
-                    raise ValueError(f"{p} is a {im.mode} image; CT slices are single-channel gray")
+                    raise DiffinvError(f"{p} is a {im.mode} image; CT slices are single-channel gray")
                 arr = np.asarray(im, dtype=np.float64)
                 bits16 = im.mode.startswith("I")
         except ValueError:
             raise
         except Exception as exc:
-            raise ValueError(f"cannot read image {p}: {' '.join(str(exc).split())}") from None
+            raise DiffinvError(f"cannot read image {p}: {' '.join(str(exc).split())}") from None
         if hu_offset is None:
             return arr / (65535.0 if bits16 else 255.0), {"format": p.suffix.lower()[1:], "units": "unit"}
     arr = arr.reshape(arr.shape[-2:]) if arr.ndim == 3 and 1 in (arr.shape[0], arr.shape[-1]) else arr
     if arr.ndim != 2:
-        raise ValueError(f"{p} has shape {arr.shape}; expected one gray slice (H, W)")
+        raise DiffinvError(f"{p} has shape {arr.shape}; expected one gray slice (H, W)")
     if hu_offset is not None:
         return arr - float(hu_offset), {"format": p.suffix.lower()[1:], "units": "HU", "hu_offset": hu_offset}
     return arr, {"format": p.suffix.lower()[1:], "units": "stored"}
@@ -185,14 +187,14 @@ def _read_npy_values(p: Path) -> np.ndarray:
     try:
         a = np.load(p, allow_pickle=False)
     except Exception as exc:
-        raise ValueError(f"cannot read array file {p}: {' '.join(str(exc).split())}") from None
+        raise DiffinvError(f"cannot read array file {p}: {' '.join(str(exc).split())}") from None
     if not isinstance(a, np.ndarray) or not (
         np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)
     ):
-        raise ValueError(f"{p} does not hold a numeric array")
+        raise DiffinvError(f"{p} does not hold a numeric array")
     a = a.astype(np.float64)
     if not np.all(np.isfinite(a)):
-        raise ValueError(f"array file {p} contains NaN or Inf values")
+        raise DiffinvError(f"array file {p} contains NaN or Inf values")
     return a
 
 
@@ -202,14 +204,14 @@ def read_slice(
     """Dispatch on the file name; returns ``(array (H, W) float64, metadata)``."""
     p = Path(path)
     if not p.is_file():
-        raise ValueError(f"file not found: {p}")
+        raise DiffinvError(f"file not found: {p}")
     name = p.name.lower()
     if name.endswith(".dcm"):
         return read_dicom(p)
     if name.endswith((".nii", ".nii.gz")):
         return read_nifti(p, slice_index)
     if slice_index is not None:
-        raise ValueError(f"--slice applies to NIfTI volumes; {p.name} holds one slice")
+        raise DiffinvError(f"--slice applies to NIfTI volumes; {p.name} holds one slice")
     return read_high_bit_depth(p, hu_offset)
 
 
@@ -234,12 +236,12 @@ def load_slice(
     if window is not None:
         unit = window.to_unit(values)
     elif meta["units"] == "HU":
-        raise ValueError(
+        raise DiffinvError(
             f"{path} holds Hounsfield units: choose a window with --window "
             f"({', '.join(WINDOW_PRESETS)}, or CENTER,WIDTH)"
         )
     elif values.min() < 0 or values.max() > 1:
-        raise ValueError(
+        raise DiffinvError(
             f"{path} holds values in [{values.min():g}, {values.max():g}], not [0, 1]: give --window "
             "(and --hu-offset for files that store HU + offset) to map them to the prior's range"
         )

@@ -20,6 +20,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..errors import DiffinvError
+
 CELEBA_BOX = (12, 28, 76, 92)
 
 
@@ -31,7 +33,7 @@ def celeba_split(identity_file: str | Path, dev_every: int = 10) -> dict[str, li
             continue
         parts = line.split()
         if len(parts) != 2 or not parts[1].isdigit():
-            raise ValueError(f"{identity_file}:{line_no}: expected 'file identity', got {line!r}")
+            raise DiffinvError(f"{identity_file}:{line_no}: expected 'file identity', got {line!r}")
         split["dev" if int(parts[1]) % dev_every == 0 else "train"].append(parts[0])
     return split
 
@@ -53,7 +55,7 @@ def prepare_celeba(
         for name in files:
             with Image.open(Path(image_dir) / name) as im:
                 if im.size != (89, 109):
-                    raise ValueError(f"{name}: expected an 89x109 CelebA image, got {im.size}")
+                    raise DiffinvError(f"{name}: expected an 89x109 CelebA image, got {im.size}")
                 _save_png(im.convert("RGB").crop(CELEBA_BOX), folder / (Path(name).stem + ".png"))
         counts[part] = len(files)
     return counts

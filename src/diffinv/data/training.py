@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..errors import DiffinvError
+
 
 class ImageFolderCrops:
     """Random crops (and horizontal flips) from every image of a folder, held in memory as uint8.
@@ -24,7 +26,7 @@ class ImageFolderCrops:
     ):
         files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in self.extensions)
         if not files:
-            raise ValueError(f"no images ({', '.join(self.extensions)}) in {folder}")
+            raise DiffinvError(f"no images ({', '.join(self.extensions)}) in {folder}")
         self.size, self.images = size, []
         for path in files:
             if path.suffix.lower() == ".dcm" or window or hu_offset is not None:
@@ -39,9 +41,9 @@ class ImageFolderCrops:
                 with Image.open(path) as im:
                     self._add(im.convert("RGB" if channels == 3 else "L"), size, channels)
             except OSError as exc:
-                raise ValueError(f"cannot read training image {path}: {exc}") from exc
+                raise DiffinvError(f"cannot read training image {path}: {exc}") from exc
         if not self.images:
-            raise ValueError(f"no image in {folder} is at least {size}x{size}")
+            raise DiffinvError(f"no image in {folder} is at least {size}x{size}")
         self.files = files
 
     def _add(self, im: Image.Image, size: int, channels: int) -> None:
@@ -84,6 +86,6 @@ def training_stream(
     """``EllipseStream`` for ``data == "ellipses"`` (1 channel), else ``ImageFolderCrops`` of the folder."""
     if data == "ellipses":
         if channels != 1:
-            raise ValueError("ellipse phantoms have 1 channel: use --channels 1")
+            raise DiffinvError("ellipse phantoms have 1 channel: use --channels 1")
         return EllipseStream(size)
     return ImageFolderCrops(data, size, channels, window, hu_offset)

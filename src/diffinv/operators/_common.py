@@ -6,6 +6,8 @@ import numbers
 
 import torch
 
+from ..errors import DiffinvError
+
 F64 = torch.float64
 
 
@@ -14,27 +16,27 @@ def check_image_shape(shape, what: str = "shape") -> tuple[int, int, int]:
     try:
         dims = tuple(shape)
     except TypeError:
-        raise ValueError(f"{what} must be a 3-tuple (C, H, W) of positive ints, got {shape!r}") from None
+        raise DiffinvError(f"{what} must be a 3-tuple (C, H, W) of positive ints, got {shape!r}") from None
     ok = len(dims) == 3 and all(
         isinstance(d, numbers.Integral) and not isinstance(d, bool) and int(d) > 0 for d in dims
     )
     if not ok:
-        raise ValueError(f"{what} must be a 3-tuple (C, H, W) of positive ints, got {shape!r}")
+        raise DiffinvError(f"{what} must be a 3-tuple (C, H, W) of positive ints, got {shape!r}")
     return tuple(int(d) for d in dims)  # type: ignore[return-value]
 
 
 def check_positive_int(value, name: str, minimum: int = 1) -> int:
     """Return ``value`` as an int ``>= minimum`` (integral floats such as 4.0 are accepted)."""
     if isinstance(value, bool):
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        raise DiffinvError(f"{name} must be an integer >= {minimum}, got {value!r}")
     if isinstance(value, numbers.Integral):
         v = int(value)
     elif isinstance(value, numbers.Real) and float(value).is_integer():
         v = int(value)
     else:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        raise DiffinvError(f"{name} must be an integer >= {minimum}, got {value!r}")
     if v < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        raise DiffinvError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return v
 
 
@@ -46,7 +48,7 @@ def as_generator(generator: torch.Generator | int | None) -> torch.Generator:
         return generator
     if isinstance(generator, numbers.Integral) and not isinstance(generator, bool):
         return torch.Generator().manual_seed(int(generator))
-    raise ValueError(f"generator must be a torch.Generator or an int seed, got {type(generator).__name__}")
+    raise DiffinvError(f"generator must be a torch.Generator or an int seed, got {type(generator).__name__}")
 
 
 def rand(generator: torch.Generator, *shape: int) -> torch.Tensor:
@@ -74,7 +76,7 @@ def orthonormal_completion(v: torch.Tensor) -> torch.Tensor:
     d = v.numel()
     norm = torch.linalg.vector_norm(v)
     if d == 0 or not torch.isfinite(norm) or norm == 0:
-        raise ValueError("cannot complete a zero or non-finite vector to an orthonormal basis")
+        raise DiffinvError("cannot complete a zero or non-finite vector to an orthonormal basis")
     M = torch.cat([(v / norm)[:, None], torch.eye(d, dtype=F64)], dim=1)
     Q, R = torch.linalg.qr(M, mode="reduced")  # (d, d)
     Q = Q.clone()

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..errors import DiffinvError
 from .cg import cg
 
 Shape = tuple[int, ...]
@@ -78,11 +79,11 @@ class WindowRule:
 def check_tensor(t: torch.Tensor, shape: Shape, name: str, what: str = "") -> None:
     """Raise ``ValueError`` unless ``t`` is a floating tensor of shape ``(B, *shape)``."""
     if not isinstance(t, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        raise DiffinvError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if not (t.is_floating_point() or t.is_complex()):
-        raise ValueError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+        raise DiffinvError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
     if t.dim() != len(shape) + 1 or tuple(t.shape[1:]) != tuple(shape):
-        raise ValueError(
+        raise DiffinvError(
             f"{name} has shape {tuple(t.shape)}, expected (B, {', '.join(map(str, shape))})"
             + (f" {what}" if what else "")
         )
@@ -91,9 +92,9 @@ def check_tensor(t: torch.Tensor, shape: Shape, name: str, what: str = "") -> No
 def check_same(a: torch.Tensor, b: torch.Tensor, names: str = "inputs") -> None:
     """Raise ``ValueError`` if two tensors differ in dtype or device."""
     if a.dtype != b.dtype:
-        raise ValueError(f"{names} have different dtypes ({a.dtype} vs {b.dtype})")
+        raise DiffinvError(f"{names} have different dtypes ({a.dtype} vs {b.dtype})")
     if a.device != b.device:
-        raise ValueError(f"{names} are on different devices ({a.device} vs {b.device})")
+        raise DiffinvError(f"{names} are on different devices ({a.device} vs {b.device})")
 
 
 class LinearOperator(nn.Module):
@@ -152,7 +153,7 @@ class LinearOperator(nn.Module):
         """Simulate a measurement ``y = A x + sigma_y * n``, ``n ~ N(0, I)`` drawn from ``generator``."""
         sigma_y = float(sigma_y)
         if not math.isfinite(sigma_y) or sigma_y < 0:
-            raise ValueError(f"sigma_y must be a finite number >= 0, got {sigma_y}")
+            raise DiffinvError(f"sigma_y must be a finite number >= 0, got {sigma_y}")
         y = self.A(x)
         if sigma_y > 0:
             # Draw on the generator's device so a seed gives the same noise wherever y lives.
@@ -190,7 +191,7 @@ class LinearOperator(nn.Module):
         check_tensor(r, self.out_shape, "r", f"for {self.name}")
         gamma = float(gamma)
         if not gamma >= 0:
-            raise ValueError(f"gamma must be >= 0, got {gamma}")
+            raise DiffinvError(f"gamma must be >= 0, got {gamma}")
         if gamma == 0.0:
             return self._pinv(r)
         if math.isinf(gamma):
@@ -221,7 +222,7 @@ class LinearOperator(nn.Module):
         pixels and ``out_region`` is the block of the output grid its rows form (the rows of ``A``
         there are zero outside the window). ValueError when the operator cannot be windowed.
         """
-        raise ValueError(f"cannot restrict {self.name} to a window: {self.window_rule().refusal}")
+        raise DiffinvError(f"cannot restrict {self.name} to a window: {self.window_rule().refusal}")
 
     # ----------------------------------------------------------------- to implement
     def _A(self, x: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from ..errors import DiffinvError
 from ._common import F64, check_image_shape, orthonormal_completion
 from .base import Region, SVDOperator, WindowRule, check_tensor
 
@@ -37,7 +38,7 @@ class Colorize(SVDOperator):
     def __init__(self, shape, weights=BT601):
         C, H, W = check_image_shape(shape)
         if C != 3:
-            raise ValueError(f"Colorize needs RGB images with 3 channels, got shape {(C, H, W)}")
+            raise DiffinvError(f"Colorize needs RGB images with 3 channels, got shape {(C, H, W)}")
         if isinstance(weights, str):
             key = weights.lower()
             if key == "mean":
@@ -45,13 +46,13 @@ class Colorize(SVDOperator):
             elif key in ("bt601", "luma"):
                 weights = BT601
             else:
-                raise ValueError(f"weights must be 3 numbers, 'bt601' or 'mean', got {weights!r}")
+                raise DiffinvError(f"weights must be 3 numbers, 'bt601' or 'mean', got {weights!r}")
         try:
             w = torch.as_tensor(weights, dtype=F64).flatten()
         except (TypeError, ValueError, RuntimeError):
-            raise ValueError(f"weights must be 3 numbers, 'bt601' or 'mean', got {weights!r}") from None
+            raise DiffinvError(f"weights must be 3 numbers, 'bt601' or 'mean', got {weights!r}") from None
         if w.numel() != 3 or not bool(torch.isfinite(w).all()) or float(w.abs().sum()) == 0:
-            raise ValueError(f"weights must be 3 finite numbers, not all zero, got {weights!r}")
+            raise DiffinvError(f"weights must be 3 finite numbers, not all zero, got {weights!r}")
         super().__init__((3, H, W), (1, H, W))
         norm = torch.linalg.vector_norm(w)
         self.register_buffer("w", w, persistent=False)

@@ -9,6 +9,8 @@ from torch import nn
 
 from diffinv.operators.base import LinearOperator, Region, WindowRule
 
+from ..errors import DiffinvError
+
 
 class ComposedOperator(LinearOperator):
     """The chain ``A = A_L ... A_2 A_1`` of ``ops = [A_1, ..., A_L]``, applied left to right.
@@ -46,20 +48,20 @@ class ComposedOperator(LinearOperator):
     def __init__(self, ops: Sequence[LinearOperator]):
         ops = list(ops) if not isinstance(ops, LinearOperator) else [ops]
         if not ops:
-            raise ValueError("ComposedOperator needs at least one operator")
+            raise DiffinvError("ComposedOperator needs at least one operator")
         for i, op in enumerate(ops):
             if not isinstance(op, LinearOperator):
-                raise ValueError(
+                raise DiffinvError(
                     f"ComposedOperator factor {i} is not a LinearOperator (got {type(op).__name__})"
                 )
             for meth in ("_A", "_At"):
                 if getattr(type(op), meth) is getattr(LinearOperator, meth):
-                    raise ValueError(
+                    raise DiffinvError(
                         f"ComposedOperator factor {i} ({op.name}) does not implement {meth.lstrip('_')}"
                     )
         for i in range(len(ops) - 1):
             if tuple(ops[i].out_shape) != tuple(ops[i + 1].in_shape):
-                raise ValueError(
+                raise DiffinvError(
                     f"cannot compose: factor {i} ({ops[i].name}) has out_shape {tuple(ops[i].out_shape)} "
                     f"but factor {i + 1} ({ops[i + 1].name}) has in_shape {tuple(ops[i + 1].in_shape)}"
                 )
@@ -97,7 +99,7 @@ class ComposedOperator(LinearOperator):
             try:
                 y = op._pinv(y)
             except NotImplementedError as e:
-                raise ValueError(
+                raise DiffinvError(
                     f"ComposedOperator factor {i} ({op.name}) has no usable pseudo-inverse; "
                     "implement its _pinv or leave the base class's CG default"
                 ) from e

@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from ..errors import DiffinvError
 from ._common import (
     F64,
     as_generator,
@@ -22,9 +23,9 @@ def _check_ratio(ratio) -> float:
     try:
         r = float(ratio)
     except (TypeError, ValueError):
-        raise ValueError(f"sampling ratio must be a number in (0, 1], got {ratio!r}") from None
+        raise DiffinvError(f"sampling ratio must be a number in (0, 1], got {ratio!r}") from None
     if not (0.0 < r <= 1.0):
-        raise ValueError(f"sampling ratio must be in (0, 1], got {ratio!r}")
+        raise DiffinvError(f"sampling ratio must be in (0, 1], got {ratio!r}")
     return r
 
 
@@ -46,7 +47,7 @@ def fwht(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     x = x.movedim(dim, -1)
     n = x.shape[-1]
     if not _is_pow2(n):
-        raise ValueError(f"Walsh-Hadamard transform needs a power-of-two length, got {n}")
+        raise DiffinvError(f"Walsh-Hadamard transform needs a power-of-two length, got {n}")
     lead = x.shape[:-1]
     h = 1
     while h < n:
@@ -81,12 +82,12 @@ class WalshHadamardCS(SVDOperator):
         C, H, W = check_image_shape(shape)
         for name, size in (("H", H), ("W", W)):
             if not _is_pow2(size):
-                raise ValueError(f"WalshHadamardCS needs H and W to be powers of two, got {name}={size}")
+                raise DiffinvError(f"WalshHadamardCS needs H and W to be powers of two, got {name}={size}")
         r = _check_ratio(ratio)
         n = C * H * W
         M = _round(r * n)
         if M < 1:
-            raise ValueError(f"sampling ratio {ratio} keeps no coefficient of {n}")
+            raise DiffinvError(f"sampling ratio {ratio} keeps no coefficient of {n}")
         super().__init__((C, H, W), (M,))
         self.ratio = r
         perm = randperm(as_generator(generator), n)
@@ -160,11 +161,11 @@ class BlockRandomCS(SVDOperator):
         C, H, W = check_image_shape(shape)
         b = check_positive_int(block, "block")
         if H % b or W % b:
-            raise ValueError(f"BlockRandomCS: image size {H}x{W} is not divisible by the block size {b}")
+            raise DiffinvError(f"BlockRandomCS: image size {H}x{W} is not divisible by the block size {b}")
         r = _check_ratio(ratio)
         mb = _round(r * b * b)
         if mb < 1:
-            raise ValueError(f"sampling ratio {ratio} keeps no measurement per {b}x{b} block")
+            raise DiffinvError(f"sampling ratio {ratio} keeps no measurement per {b}x{b} block")
         super().__init__((C, H, W), (C * (H // b) * (W // b) * mb,))
         self.block, self.per_block, self.ratio, self.tiles = b, mb, r, (H // b, W // b)
         self.register_buffer("Q", random_orthogonal(b * b, generator), persistent=False)

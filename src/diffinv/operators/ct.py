@@ -59,6 +59,8 @@ from diffinv.operators.base import LinearOperator, WindowRule, check_tensor
 from diffinv.operators.cg import cg
 from diffinv.operators.ct_gram import _SVD_MEMORY, _range_svd  # noqa: F401  (_SVD_MEMORY: tests clear it)
 
+from ..errors import DiffinvError
+
 FILTERS = ("ramp", "shepp-logan", "cosine", "hamming", "hann")
 
 # Below this width the short side of the pixel footprint is treated as (almost) zero: the trapezoid
@@ -168,7 +170,7 @@ def ramp_filter_response(size: int, filter: str = "ramp") -> np.ndarray:
     ``cos^2(pi f)`` (hann).
     """
     if filter not in FILTERS:
-        raise ValueError(f"unknown FBP filter {filter!r}; choose one of {', '.join(FILTERS)}")
+        raise DiffinvError(f"unknown FBP filter {filter!r}; choose one of {', '.join(FILTERS)}")
     k = np.arange(size)
     d = np.minimum(k, size - k)  # circular distance to 0
     odd = d % 2 == 1
@@ -258,16 +260,16 @@ class ParallelBeamCT(LinearOperator):
     ):
         size_i, views_i = _as_int(size, "size"), _as_int(views, "views")
         if size_i < 1:
-            raise ValueError(f"CT image size must be >= 1, got {size}")
+            raise DiffinvError(f"CT image size must be >= 1, got {size}")
         if views_i < 1:
-            raise ValueError(f"CT needs at least 1 view, got views={views}")
+            raise DiffinvError(f"CT needs at least 1 view, got views={views}")
         min_bins = math.ceil(size_i * math.sqrt(2.0))
         if bins is None:
             bins_i = min_bins
         else:
             bins_i = _as_int(bins, "bins")
             if bins_i < min_bins:
-                raise ValueError(
+                raise DiffinvError(
                     f"CT detector too small: bins={bins_i} < ceil(size*sqrt(2))={min_bins} for size={size_i} "
                     "(the image diagonal must fit on the detector)"
                 )
@@ -279,12 +281,12 @@ class ParallelBeamCT(LinearOperator):
             else:
                 theta = np.asarray(angles, dtype=np.float64)
             if theta.ndim != 1 or theta.size != views_i:
-                raise ValueError(
+                raise DiffinvError(
                     f"CT angles must be a 1-D sequence of views={views_i} values (degrees), "
                     f"got shape {tuple(theta.shape)}"
                 )
             if not np.all(np.isfinite(theta)):
-                raise ValueError("CT angles must be finite")
+                raise DiffinvError("CT angles must be finite")
         super().__init__((1, size_i, size_i), (1, views_i, bins_i))
         self.size, self.views, self.bins = size_i, views_i, bins_i
         if cg_iters is not None:
@@ -292,11 +294,13 @@ class ParallelBeamCT(LinearOperator):
         if cg_tol is not None:
             self.cg_tol = float(cg_tol)
         if pinv_method not in _PINV_METHODS:
-            raise ValueError(f"CT pinv_method must be one of {', '.join(_PINV_METHODS)}, got {pinv_method!r}")
+            raise DiffinvError(
+                f"CT pinv_method must be one of {', '.join(_PINV_METHODS)}, got {pinv_method!r}"
+            )
         if gram_rcond is not None:
             rc = float(gram_rcond)
             if not (math.isfinite(rc) and 0.0 <= rc < 1.0):
-                raise ValueError(f"CT gram_rcond must be in [0, 1), got {gram_rcond!r}")
+                raise DiffinvError(f"CT gram_rcond must be in [0, 1), got {gram_rcond!r}")
             self.gram_rcond = rc
         if cache_dir is None:
             cache_dir = os.environ.get("DIFFINV_CACHE_DIR") or None
@@ -470,7 +474,7 @@ class ParallelBeamCT(LinearOperator):
         non-uniform ``angles`` the same uniform weighting is used.
         """
         if filter not in FILTERS:
-            raise ValueError(f"unknown FBP filter {filter!r}; choose one of {', '.join(FILTERS)}")
+            raise DiffinvError(f"unknown FBP filter {filter!r}; choose one of {', '.join(FILTERS)}")
         q = self.filter_sinogram(y, filter)
         return self._At(q) * (math.pi / self.views)
 
@@ -483,5 +487,5 @@ class ParallelBeamCT(LinearOperator):
 
 def _as_int(v, name: str) -> int:
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-        raise ValueError(f"CT {name} must be an integer, got {v!r}")
+        raise DiffinvError(f"CT {name} must be an integer, got {v!r}")
     return int(v)

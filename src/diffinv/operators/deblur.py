@@ -12,6 +12,7 @@ import math
 import numpy as np
 import torch
 
+from ..errors import DiffinvError
 from ._common import F64, as_generator, check_image_shape, check_positive_int, rand, randn
 from .base import LinearOperator, Region, SVDOperator, WindowRule, check_tensor
 
@@ -59,19 +60,21 @@ class Blur(SVDOperator):
             k = torch.as_tensor(np.asarray(kernel) if not isinstance(kernel, torch.Tensor) else kernel)
             k = k.detach().to(device="cpu", dtype=F64)
         except (TypeError, ValueError, RuntimeError):
-            raise ValueError(f"kernel must be a 2-D array of numbers, got {type(kernel).__name__}") from None
+            raise DiffinvError(
+                f"kernel must be a 2-D array of numbers, got {type(kernel).__name__}"
+            ) from None
         if k.dim() != 2 or k.numel() == 0:
-            raise ValueError(f"kernel must be a non-empty 2-D array, got shape {tuple(k.shape)}")
+            raise DiffinvError(f"kernel must be a non-empty 2-D array, got shape {tuple(k.shape)}")
         if not bool(torch.isfinite(k).all()):
-            raise ValueError("kernel contains NaN or Inf values")
+            raise DiffinvError("kernel contains NaN or Inf values")
         if normalize:
             total = float(k.sum())
             if abs(total) <= 1e-12 * float(k.abs().sum()) or total == 0:
-                raise ValueError("kernel sums to 0 and cannot be normalised (pass normalize=False)")
+                raise DiffinvError("kernel sums to 0 and cannot be normalised (pass normalize=False)")
             k = k / total
         thr = float(pinv_threshold)
         if not (math.isfinite(thr) and 0 <= thr < 1):
-            raise ValueError(f"pinv_threshold must be in [0, 1), got {pinv_threshold}")
+            raise DiffinvError(f"pinv_threshold must be in [0, 1), got {pinv_threshold}")
         super().__init__((C, H, W), (C, H, W))
         self.pinv_threshold = thr
 
@@ -146,7 +149,7 @@ class Blur(SVDOperator):
         top, left, h, w = region
         kh, kw = self.kernel.shape
         if kh > h or kw > w:
-            raise ValueError(f"{self.name}: the {kh}x{kw} blur kernel does not fit in a {h}x{w} window")
+            raise DiffinvError(f"{self.name}: the {kh}x{kw} blur kernel does not fit in a {h}x{w} window")
         C = self.in_shape[0]
         win = ValidBlurWindow((C, h, w), self.kernel, cg_iters=self.cg_iters, cg_tol=self.cg_tol)
         return win, (top + kh - 1 - kh // 2, left + kw - 1 - kw // 2, h - kh + 1, w - kw + 1)
@@ -225,9 +228,9 @@ def _check_sigma(value, name: str) -> float:
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a positive number, got {value!r}") from None
+        raise DiffinvError(f"{name} must be a positive number, got {value!r}") from None
     if not (math.isfinite(v) and v > 0):
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
+        raise DiffinvError(f"{name} must be a positive number, got {value!r}")
     return v
 
 
@@ -275,9 +278,9 @@ def anisotropic_kernel(
     try:
         theta = math.radians(float(angle))
     except (TypeError, ValueError):
-        raise ValueError(f"angle must be a number (degrees), got {angle!r}") from None
+        raise DiffinvError(f"angle must be a number (degrees), got {angle!r}") from None
     if not math.isfinite(theta):
-        raise ValueError(f"angle must be finite, got {angle!r}")
+        raise DiffinvError(f"angle must be finite, got {angle!r}")
     size = _default_size(max(sx, sy)) if size is None else check_positive_int(size, "size")
     r = _grid(size)
     yy, xx = torch.meshgrid(r, r, indexing="ij")
@@ -301,9 +304,9 @@ def motion_kernel(
     try:
         intensity = float(intensity)
     except (TypeError, ValueError):
-        raise ValueError(f"intensity must be a number in [0, 1], got {intensity!r}") from None
+        raise DiffinvError(f"intensity must be a number in [0, 1], got {intensity!r}") from None
     if not (0.0 <= intensity <= 1.0):
-        raise ValueError(f"intensity must be in [0, 1], got {intensity}")
+        raise DiffinvError(f"intensity must be in [0, 1], got {intensity}")
     g = as_generator(generator)
     if size == 1:
         return torch.ones(1, 1, dtype=F64)

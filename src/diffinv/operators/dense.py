@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from ..errors import DiffinvError
 from .base import Shape, SVDOperator
 
 
@@ -31,12 +32,14 @@ class MatrixOperator(SVDOperator):
     ):
         matrix = torch.as_tensor(matrix, dtype=torch.float64)
         if matrix.dim() != 2 or matrix.shape[1] != math.prod(in_shape):
-            raise ValueError(f"matrix must have shape (m, {math.prod(in_shape)}), got {tuple(matrix.shape)}")
+            raise DiffinvError(
+                f"matrix must have shape (m, {math.prod(in_shape)}), got {tuple(matrix.shape)}"
+            )
         if not torch.isfinite(matrix).all():
-            raise ValueError("matrix contains NaN or Inf values")
+            raise DiffinvError("matrix contains NaN or Inf values")
         out_shape = (matrix.shape[0],) if out_shape is None else tuple(out_shape)
         if math.prod(out_shape) != matrix.shape[0]:
-            raise ValueError(f"out_shape {out_shape} does not hold {matrix.shape[0]} values")
+            raise DiffinvError(f"out_shape {out_shape} does not hold {matrix.shape[0]} values")
         super().__init__(in_shape, out_shape)
         self.pinv_threshold = float(pinv_threshold)
         U, s, Vh = torch.linalg.svd(matrix, full_matrices=True)

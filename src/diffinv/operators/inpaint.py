@@ -11,6 +11,7 @@ import os
 import numpy as np
 import torch
 
+from ..errors import DiffinvError
 from ._common import (
     F64,
     as_generator,
@@ -51,17 +52,19 @@ class Inpaint(SVDOperator):
         if mask.dim() == 2:
             mask = mask[None]
         if mask.dim() != 3 or mask.numel() == 0:
-            raise ValueError(f"mask must have shape (H, W), (1, H, W) or (C, H, W), got {tuple(mask.shape)}")
+            raise DiffinvError(
+                f"mask must have shape (H, W), (1, H, W) or (C, H, W), got {tuple(mask.shape)}"
+            )
         mask = mask.detach().to(device="cpu", dtype=F64)
         if not bool(((mask == 0) | (mask == 1)).all()):
             bad = mask[(mask != 0) & (mask != 1)].flatten()[:3].tolist()
-            raise ValueError(f"mask values must be exactly 0 or 1, found e.g. {bad}")
+            raise DiffinvError(f"mask values must be exactly 0 or 1, found e.g. {bad}")
         if channels is not None:
             channels = check_positive_int(channels, "channels")
             if mask.shape[0] == 1:
                 mask = mask.expand(channels, -1, -1)
             elif mask.shape[0] != channels:
-                raise ValueError(f"mask has {mask.shape[0]} channels but channels={channels}")
+                raise DiffinvError(f"mask has {mask.shape[0]} channels but channels={channels}")
         mask = mask.contiguous()
         shape = tuple(mask.shape)
         super().__init__(shape, shape)
@@ -101,9 +104,9 @@ class Inpaint(SVDOperator):
                 else:
                     arr = np.asarray(im.convert("L"), dtype=np.float64) / 255.0
         except (OSError, ValueError, UnidentifiedImageError) as e:
-            raise ValueError(f"cannot read mask image {os.fspath(path)!r}: {e}") from e
+            raise DiffinvError(f"cannot read mask image {os.fspath(path)!r}: {e}") from e
         if arr.shape != (H, W):
-            raise ValueError(
+            raise DiffinvError(
                 f"mask image {os.fspath(path)!r} has size {arr.shape[0]}x{arr.shape[1]} (HxW), "
                 f"expected {H}x{W} for image shape {(C, H, W)}"
             )
@@ -162,12 +165,12 @@ def box_mask(H: int, W: int, size: int | tuple[int, int] | None = None) -> torch
         bh, bw = H // 2, W // 2
     elif isinstance(size, (tuple, list)):
         if len(size) != 2:
-            raise ValueError(f"size must be an int or a (height, width) pair, got {size!r}")
+            raise DiffinvError(f"size must be an int or a (height, width) pair, got {size!r}")
         bh, bw = check_positive_int(size[0], "box height", 0), check_positive_int(size[1], "box width", 0)
     else:
         bh = bw = check_positive_int(size, "size", 0)
     if bh > H or bw > W:
-        raise ValueError(f"box size {bh}x{bw} does not fit in a {H}x{W} image")
+        raise DiffinvError(f"box size {bh}x{bw} does not fit in a {H}x{W} image")
     mask = torch.ones(1, H, W, dtype=F64)
     top, left = (H - bh) // 2, (W - bw) // 2
     mask[:, top : top + bh, left : left + bw] = 0
@@ -183,9 +186,9 @@ def random_mask(H: int, W: int, p: float, generator: torch.Generator | int | Non
     try:
         p = float(p)
     except (TypeError, ValueError):
-        raise ValueError(f"drop probability p must be a number in [0, 1), got {p!r}") from None
+        raise DiffinvError(f"drop probability p must be a number in [0, 1), got {p!r}") from None
     if not (0.0 <= p < 1.0):
-        raise ValueError(f"drop probability p must be in [0, 1), got {p}")
+        raise DiffinvError(f"drop probability p must be in [0, 1), got {p}")
     g = as_generator(generator)
     return (rand(g, 1, H, W) >= p).to(F64)
 
@@ -221,7 +224,9 @@ def stroke_mask(
     """
     H, W = _check_hw(H, W)
     if not (0.0 <= min_coverage <= max_coverage < 1.0):
-        raise ValueError(f"need 0 <= min_coverage <= max_coverage < 1, got {min_coverage} and {max_coverage}")
+        raise DiffinvError(
+            f"need 0 <= min_coverage <= max_coverage < 1, got {min_coverage} and {max_coverage}"
+        )
     max_vertices = check_positive_int(max_vertices, "max_vertices", 4)
     max_tries = check_positive_int(max_tries, "max_tries")
     g = as_generator(generator)

@@ -7,6 +7,7 @@ import re
 from collections.abc import Callable
 
 from ..catalog import SPECS
+from ..errors import DiffinvError
 from ._common import check_image_shape
 from .base import LinearOperator
 
@@ -27,7 +28,7 @@ def _valid_forms() -> str:
 
 
 def _malformed(spec: str, reason: str = "unknown or malformed degradation spec") -> ValueError:
-    return ValueError(f"{reason}: {spec!r}; valid forms: {_valid_forms()}")
+    return DiffinvError(f"{reason}: {spec!r}; valid forms: {_valid_forms()}")
 
 
 def _default_block(H: int, W: int, limit: int = 32) -> int:
@@ -47,7 +48,7 @@ def _int_in_range(spec: str, family: str, text: str) -> int:
     name, lo, hi = _INT_RANGES[family]
     value = int(text)
     if not lo <= value <= hi:
-        raise ValueError(f"degradation spec {spec!r}: {name} must be in [{lo}, {hi}], got {value}")
+        raise DiffinvError(f"degradation spec {spec!r}: {name} must be in [{lo}, {hi}], got {value}")
     return value
 
 
@@ -96,7 +97,7 @@ def _build_ct(shape: tuple[int, int, int], views: int) -> LinearOperator:
 
     C, H, W = shape
     if C != 1 or H != W:
-        raise ValueError(f"CT specs need a single-channel square image shape (1, N, N), got {shape}")
+        raise DiffinvError(f"CT specs need a single-channel square image shape (1, N, N), got {shape}")
     return ParallelBeamCT(size=H, views=views)
 
 
@@ -116,10 +117,10 @@ def from_spec(spec: str, shape: tuple[int, int, int], seed: int = 0) -> LinearOp
     (1, 16, 16)
     """
     if not isinstance(spec, str):
-        raise ValueError(f"spec must be a string, got {type(spec).__name__}; valid forms: {_valid_forms()}")
+        raise DiffinvError(f"spec must be a string, got {type(spec).__name__}; valid forms: {_valid_forms()}")
     shape = check_image_shape(shape)
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise ValueError(f"seed must be an int, got {seed!r}")
+        raise DiffinvError(f"seed must be an int, got {seed!r}")
     seed = int(seed)
     spec = spec.strip()
     parts = [p.strip() for p in spec.split("+")]
@@ -131,7 +132,7 @@ def from_spec(spec: str, shape: tuple[int, int, int], seed: int = 0) -> LinearOp
         if i > 0:
             prev = ops[-1].out_shape
             if len(prev) != 3:
-                raise ValueError(
+                raise DiffinvError(
                     f"in spec {spec!r}, {parts[i - 1]!r} produces measurements of shape {prev}, "
                     f"not an image (C, H, W), so {part!r} cannot follow it"
                 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..errors import DiffinvError
 from ._common import F64, check_image_shape, check_positive_int, inverse_permutation, orthonormal_completion
 from .base import LinearOperator, Region, SVDOperator, WindowRule, check_tensor
 
@@ -13,7 +14,7 @@ def _check_factor(shape, factor, what: str) -> tuple[int, int, int, int]:
     C, H, W = check_image_shape(shape)
     k = check_positive_int(factor, "factor")
     if H % k or W % k:
-        raise ValueError(f"{what}: image size {H}x{W} is not divisible by the factor {k}")
+        raise DiffinvError(f"{what}: image size {H}x{W} is not divisible by the factor {k}")
     return C, H, W, k
 
 
@@ -81,7 +82,7 @@ class SuperResolution(SVDOperator):
         k = self.factor
         if top % k or left % k or h % k or w % k:
             where = f"window {h}x{w} at ({top}, {left})"
-            raise ValueError(f"{self.name}: {where} is not aligned to the factor {k}")
+            raise DiffinvError(f"{self.name}: {where} is not aligned to the factor {k}")
         return SuperResolution((self.in_shape[0], h, w), k), (top // k, left // k, h // k, w // k)
 
     def Vt(self, x: torch.Tensor) -> torch.Tensor:
@@ -213,9 +214,9 @@ class BicubicSuperResolution(SVDOperator):
             first, last = _row_support(D)
             rows = torch.nonzero((first >= start) & (last < start + size)).flatten()
             if rows.numel() == 0:
-                raise ValueError(f"{self.name}: a {h}x{w} window holds no complete bicubic row")
+                raise DiffinvError(f"{self.name}: a {h}x{w} window holds no complete bicubic row")
             if rows[-1] - rows[0] + 1 != rows.numel():  # supports move monotonically: cannot happen
-                raise ValueError(f"{self.name}: non-contiguous bicubic rows in a window")
+                raise DiffinvError(f"{self.name}: non-contiguous bicubic rows in a window")
             r0, r1 = int(rows[0]), int(rows[-1]) + 1
             subs.append(D[r0:r1, start : start + size])
             out.append((r0, r1 - r0))

@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import DiffinvError
+
 #: Settings of the released checkpoints, in guided-diffusion's ``create_model`` vocabulary.
 ADM_CONFIGS: dict[str, dict] = {
     # guided-diffusion 256x256_diffusion_uncond.pt (ImageNet, unconditional), used by DDNM/DDRM/PiGDM.
@@ -239,7 +241,7 @@ class AttentionBlock(nn.Module):
             self.num_heads = num_heads
         else:
             if channels % num_head_channels:
-                raise ValueError(
+                raise DiffinvError(
                     f"channels {channels} not divisible by num_head_channels {num_head_channels}"
                 )
             self.num_heads = channels // num_head_channels
@@ -373,7 +375,7 @@ class ADMUNet(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         if (y is None) != (self.num_classes is None):
-            raise ValueError("pass class labels y if and only if the model is class-conditional")
+            raise DiffinvError("pass class labels y if and only if the model is class-conditional")
         t = torch.as_tensor(t, device=x.device)
         if t.dim() == 0:
             t = t.expand(x.shape[0])
@@ -410,7 +412,7 @@ def adm_from_config(config: str | dict, **overrides) -> ADMUNet:
     """
     if isinstance(config, str):
         if config not in ADM_CONFIGS:
-            raise ValueError(f"unknown ADM config {config!r}; known: {', '.join(ADM_CONFIGS)}")
+            raise DiffinvError(f"unknown ADM config {config!r}; known: {', '.join(ADM_CONFIGS)}")
         config = ADM_CONFIGS[config]
     cfg = {**config, **overrides}
     known = {
@@ -421,13 +423,13 @@ def adm_from_config(config: str | dict, **overrides) -> ADMUNet:
     }  # fmt: skip
     unknown = set(cfg) - known
     if unknown:
-        raise ValueError(f"unknown ADM config keys: {sorted(unknown)}")
+        raise DiffinvError(f"unknown ADM config keys: {sorted(unknown)}")
     size = int(cfg["image_size"])
     in_ch = int(cfg.get("in_channels", 3))
     ds = []
     for r in _parse_ints(cfg.get("attention_resolutions", "16")):
         if size % r:
-            raise ValueError(f"attention resolution {r} does not divide image_size {size}")
+            raise DiffinvError(f"attention resolution {r} does not divide image_size {size}")
         ds.append(size // r)
     mult = cfg["channel_mult"]
     mult = tuple(float(m) for m in mult.split(",")) if isinstance(mult, str) else tuple(mult)

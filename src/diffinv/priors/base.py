@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import DiffinvError
 from .schedules import VPSchedule
 
 
@@ -48,7 +49,7 @@ class Prior(nn.Module):
     ):
         super().__init__()
         if scale <= 0:
-            raise ValueError(f"scale must be > 0, got {scale}")
+            raise DiffinvError(f"scale must be > 0, got {scale}")
         self.schedule = schedule
         self.image_shape = tuple(int(s) for s in image_shape)
         self.scale = float(scale)
@@ -87,9 +88,9 @@ class Prior(nn.Module):
         if t.dim() == 0:
             t = t.expand(x.shape[0])
         if t.shape != (x.shape[0],):
-            raise ValueError(f"t must be a scalar or have shape ({x.shape[0]},), got {tuple(t.shape)}")
+            raise DiffinvError(f"t must be a scalar or have shape ({x.shape[0]},), got {tuple(t.shape)}")
         if (t < 0).any() or (t > self.schedule.T - 1).any():
-            raise ValueError(f"t must be in [0, {self.schedule.T - 1}]")
+            raise DiffinvError(f"t must be in [0, {self.schedule.T - 1}]")
         return t
 
     def reset_nfe(self) -> None:

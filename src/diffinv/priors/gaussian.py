@@ -18,6 +18,7 @@ import math
 
 import torch
 
+from ..errors import DiffinvError
 from ..operators.base import LinearOperator, dense_matrix
 from .base import Prior
 from .schedules import VPSchedule
@@ -51,28 +52,28 @@ class GaussianPrior(Prior):
     ):
         mean = torch.as_tensor(mean, dtype=torch.float64)
         if mean.dim() != 3:
-            raise ValueError(f"mean must have shape (C, H, W), got {tuple(mean.shape)}")
+            raise DiffinvError(f"mean must have shape (C, H, W), got {tuple(mean.shape)}")
         super().__init__(schedule or VPSchedule.linear(1000), tuple(mean.shape), scale=scale, shift=shift)
         n = mean.numel()
         cov = torch.as_tensor(cov, dtype=torch.float64)
         if not torch.isfinite(mean).all() or not torch.isfinite(cov).all():
-            raise ValueError("mean and cov must be finite")
+            raise DiffinvError("mean and cov must be finite")
         if cov.numel() == n and (cov.dim() != 2 or n == 1):
             self.diagonal = True
             lam = cov.reshape(n)
             if (lam < 0).any():
-                raise ValueError("diagonal covariance must be non-negative")
+                raise DiffinvError("diagonal covariance must be non-negative")
             Q = None
         elif cov.shape == (n, n):
             self.diagonal = False
             if not torch.allclose(cov, cov.T, atol=1e-10 * cov.abs().max().item()):
-                raise ValueError("cov must be symmetric")
+                raise DiffinvError("cov must be symmetric")
             lam, Q = torch.linalg.eigh(cov)
             if lam.min() < -1e-8 * lam.abs().max():
-                raise ValueError("cov must be positive semi-definite")
+                raise DiffinvError("cov must be positive semi-definite")
             lam = lam.clamp_min(0)
         else:
-            raise ValueError(f"cov must have shape ({n}, {n}) or ({n},), got {tuple(cov.shape)}")
+            raise DiffinvError(f"cov must have shape ({n}, {n}) or ({n},), got {tuple(cov.shape)}")
         self.n = n
         self.register_buffer("mean", mean)
         self.register_buffer("lam", lam)  # eigenvalues of cov (image units)
@@ -123,9 +124,9 @@ class GaussianPrior(Prior):
         Moore-Penrose inverse of A C A^T is used (the limit sigma_y -> 0).
         """
         if tuple(op.in_shape) != self.image_shape:
-            raise ValueError(f"operator in_shape {op.in_shape} != prior image shape {self.image_shape}")
+            raise DiffinvError(f"operator in_shape {op.in_shape} != prior image shape {self.image_shape}")
         if sigma_y < 0 or not math.isfinite(sigma_y):
-            raise ValueError(f"sigma_y must be finite and >= 0, got {sigma_y}")
+            raise DiffinvError(f"sigma_y must be finite and >= 0, got {sigma_y}")
         A = dense_matrix(op)
         C = self.cov
         K = A @ C @ A.T + sigma_y**2 * torch.eye(A.shape[0], dtype=A.dtype)

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import DiffinvError
 from .adm import ADM_CHECKPOINT_NAMES, ADM_CONFIGS, adm_from_config
 from .network import NetworkPrior
 from .schedules import VESchedule, VPSchedule
@@ -54,7 +55,7 @@ _FORMS = (
 )
 
 
-class CheckpointError(ValueError):
+class CheckpointError(DiffinvError):
     """A checkpoint could not be found, read, trusted or matched to an architecture."""
 
 
@@ -172,7 +173,7 @@ def _check_safetensors_header(path: Path) -> list[str]:
             header = json.loads(fh.read(n))
         end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
         if 8 + n + end > size:
-            raise ValueError(f"file has {size} bytes, header needs {8 + n + end}")
+            raise DiffinvError(f"file has {size} bytes, header needs {8 + n + end}")
     except CheckpointError:
         raise
     except Exception as exc:

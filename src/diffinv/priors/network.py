@@ -29,6 +29,7 @@ import sys
 import torch
 from torch import nn
 
+from ..errors import DiffinvError
 from .base import Prior
 from .schedules import VESchedule, VPSchedule
 
@@ -91,20 +92,20 @@ class NetworkPrior(Prior):
     ):
         lo, hi = (float(v) for v in data_range)
         if not hi > lo:
-            raise ValueError(f"data_range must be (low, high) with high > low, got {data_range}")
+            raise DiffinvError(f"data_range must be (low, high) with high > low, got {data_range}")
         if image_shape is None:
             image_shape = _infer_image_shape(net)
             if image_shape is None:
-                raise ValueError("image_shape is required for this network (cannot infer it)")
+                raise DiffinvError("image_shape is required for this network (cannot infer it)")
         if isinstance(schedule, VESchedule):
             prediction = prediction or "score"
             if prediction != "score":
-                raise ValueError("a VESchedule needs prediction='score' (a VE score network)")
+                raise DiffinvError("a VESchedule needs prediction='score' (a VE score network)")
             vp = schedule.to_vp()
         elif isinstance(schedule, VPSchedule):
             prediction = prediction or "epsilon"
             if prediction not in _PREDICTIONS[:3]:
-                raise ValueError(
+                raise DiffinvError(
                     f"prediction for a VP network must be one of {_PREDICTIONS[:3]}, got {prediction!r}"
                 )
             vp = schedule
@@ -158,7 +159,7 @@ class NetworkPrior(Prior):
         if out.shape[1] == 2 * c:  # learned sigma: [prediction, variance]
             out = out[:, :c]
         elif out.shape[1] != c:
-            raise ValueError(f"network returned {out.shape[1]} channels for a {c}-channel input")
+            raise DiffinvError(f"network returned {out.shape[1]} channels for a {c}-channel input")
         return out.to(device=x.device, dtype=x.dtype)
 
     def _sigma(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

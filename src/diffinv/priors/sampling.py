@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import torch
 
+from ..errors import DiffinvError
 from .base import Prior
 from .steps import (
     TimeGrid,
@@ -37,7 +38,7 @@ Callback = Callable[[int, torch.Tensor, torch.Tensor], None]
 
 def _setup(prior: Prior, n: int, generator: torch.Generator | None, device, dtype):
     if int(n) < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+        raise DiffinvError(f"n must be >= 1, got {n}")
     if device is None:
         p = next(iter(prior.parameters()), None)
         b = next(iter(prior.buffers()), None)
@@ -128,7 +129,7 @@ def ddim_sample(
     ``eta = 0`` is the deterministic DDIM, ``eta = 1`` the DDPM posterior variance.
     """
     if eta < 0:
-        raise ValueError(f"eta must be >= 0, got {eta}")
+        raise DiffinvError(f"eta must be >= 0, got {eta}")
     device, randn = _setup(prior, n, generator, device, dtype)
     x = randn()
     x0 = x
@@ -179,7 +180,7 @@ def ve_pc_sample(
     ``x0_ve(x, t_last)`` (instead of the last noisy predictor step).
     """
     if snr <= 0 or corrector_steps < 0:
-        raise ValueError("snr must be > 0 and corrector_steps >= 0")
+        raise DiffinvError("snr must be > 0 and corrector_steps >= 0")
     device, randn = _setup(prior, n, generator, device, dtype)
     grid = TimeGrid(prior.schedule, prior.schedule.T if steps is None else steps)
     x = randn() * grid.sigmas[0]

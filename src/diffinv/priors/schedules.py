@@ -17,6 +17,7 @@ import math
 
 import torch
 
+from ..errors import DiffinvError
 from .steps import MAX_VE_STEPS, SPACING, grid_times, ve_times
 
 __all__ = ["MAX_VE_STEPS", "VESchedule", "VPSchedule"]
@@ -35,7 +36,7 @@ class VPSchedule:
     def __init__(self, betas: torch.Tensor):
         betas = torch.as_tensor(betas, dtype=torch.float64).flatten()
         if betas.numel() < 1 or not torch.isfinite(betas).all() or (betas <= 0).any() or (betas >= 1).any():
-            raise ValueError("betas must be a non-empty 1-D sequence of values in (0, 1)")
+            raise DiffinvError("betas must be a non-empty 1-D sequence of values in (0, 1)")
         self.betas = betas
         self.alphas = 1.0 - betas
         self.alphas_cumprod = torch.cumprod(self.alphas, 0)
@@ -65,7 +66,7 @@ class VPSchedule:
         """The VP schedule whose VE-equivalent noise levels are ``sigmas`` (ascending)."""
         sigmas = torch.as_tensor(sigmas, dtype=torch.float64).flatten()
         if (sigmas[1:] <= sigmas[:-1]).any():
-            raise ValueError("sigmas must be strictly increasing (index 0 = least noise)")
+            raise DiffinvError("sigmas must be strictly increasing (index 0 = least noise)")
         return cls.from_alphas_cumprod(1.0 / (1.0 + sigmas**2))
 
     # ------------------------------------------------------------------ queries
@@ -99,7 +100,7 @@ class VPSchedule:
         continuous noise range); equal to ``sigmas[t]`` at whole t."""
         t = torch.as_tensor(t, dtype=torch.float64)
         if bool(((t < 0) | (t > self.T - 1)).any()):
-            raise ValueError(f"t must be in [0, {self.T - 1}], got {t.min().item()}..{t.max().item()}")
+            raise DiffinvError(f"t must be in [0, {self.T - 1}], got {t.min().item()}..{t.max().item()}")
         log_s = self.sigmas.log()
         lo = t.floor().long().clamp(max=self.T - 1)
         hi = (lo + 1).clamp(max=self.T - 1)
@@ -130,7 +131,9 @@ class VESchedule:
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, N: int = 1000):
         if not (0 < sigma_min < sigma_max) or int(N) < 2:
-            raise ValueError(f"need 0 < sigma_min < sigma_max and N >= 2, got {sigma_min}, {sigma_max}, {N}")
+            raise DiffinvError(
+                f"need 0 < sigma_min < sigma_max and N >= 2, got {sigma_min}, {sigma_max}, {N}"
+            )
         self.sigma_min, self.sigma_max, self.N = float(sigma_min), float(sigma_max), int(N)
 
     def sigma(self, u: torch.Tensor | float) -> torch.Tensor:

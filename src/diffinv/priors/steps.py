@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
+from ..errors import DiffinvError
+
 if TYPE_CHECKING:  # (schedules imports this module: no import at run time)
     from .schedules import VPSchedule
 
@@ -81,9 +83,9 @@ def grid_times(T: int, steps: int, spacing: str = SPACING) -> torch.Tensor:
     """
     T, steps = int(T), int(steps)
     if not 1 <= steps <= T:
-        raise ValueError(f"num_steps must be in [1, {T}], got {steps}")
+        raise DiffinvError(f"num_steps must be in [1, {T}], got {steps}")
     if spacing not in SPACINGS:
-        raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
+        raise DiffinvError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
     if spacing == "skip" or T % steps == 0:
         ts = torch.arange(steps) * (T // steps)
     else:
@@ -100,7 +102,7 @@ def ve_times(T: int, steps: int, spacing: str = SPACING) -> torch.Tensor:
     """
     steps = int(steps)
     if not 1 <= steps <= MAX_VE_STEPS:
-        raise ValueError(f"steps must be in [1, {MAX_VE_STEPS}] for a VE sampler, got {steps}")
+        raise DiffinvError(f"steps must be in [1, {MAX_VE_STEPS}] for a VE sampler, got {steps}")
     if steps <= int(T):
         return grid_times(T, steps, spacing)
     return torch.linspace(int(T) - 1, 0, steps, dtype=torch.float64)
@@ -195,7 +197,7 @@ def ddim_coefficients(ab_t: float, ab_prev: float, eta: float, variance: str = "
     if variance == "ddnm":
         return eta * math.sqrt(1.0 - ab_prev), math.sqrt(1.0 - ab_prev) * math.sqrt(max(1.0 - eta**2, 0.0))
     if variance != "ddim":
-        raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
+        raise DiffinvError(f"variance must be one of {VARIANCES}, got {variance!r}")
     sigma = eta * math.sqrt(max((1.0 - ab_t / ab_prev) * (1.0 - ab_prev) / (1.0 - ab_t), 0.0))
     return sigma, math.sqrt(max(1.0 - ab_prev - sigma**2, 0.0))
 
@@ -307,7 +309,7 @@ VE_PREDICTORS = {"reverse-diffusion": reverse_diffusion_step, "ancestral": ances
 def check_predictor(name) -> None:
     """ValueError unless ``name`` is a key of :data:`VE_PREDICTORS`."""
     if name not in VE_PREDICTORS:
-        raise ValueError(f"predictor must be one of {tuple(VE_PREDICTORS)}, got {name!r}")
+        raise DiffinvError(f"predictor must be one of {tuple(VE_PREDICTORS)}, got {name!r}")
 
 
 #: the norms of :func:`langevin_step`
@@ -332,6 +334,6 @@ def langevin_step(
         step = 2.0 * (snr * z_norm / g_norm.clamp_min(torch.finfo(x.dtype).tiny)) ** 2
         return x + step * score + (2.0 * step).sqrt() * noise
     if norm != "sample":
-        raise ValueError(f"norm must be one of {LANGEVIN_NORMS}, got {norm!r}")
+        raise DiffinvError(f"norm must be one of {LANGEVIN_NORMS}, got {norm!r}")
     step = bview(2.0 * (snr * safe_div(bnorm(noise), bnorm(score))) ** 2, x)  # (B, 1, ...)
     return x + step * score + (2.0 * step).sqrt() * noise

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 
+from ..errors import DiffinvError
 from ..families import family as operator_family
 from ..operators.base import LinearOperator, check_tensor
 from ..priors.base import Prior
@@ -61,7 +62,7 @@ def get_class(name: str) -> type[Solver]:
     _load_all()
     cls = _REGISTRY.get(name)
     if cls is None:
-        raise ValueError(f"unknown method {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+        raise DiffinvError(f"unknown method {name!r}; available: {', '.join(sorted(_REGISTRY))}")
     return cls
 
 
@@ -102,10 +103,10 @@ class Solver:
 
     def __init__(self, prior: Prior | None = None, **params):
         if self.needs_prior and prior is None:
-            raise ValueError(f"method {self.name!r} needs a diffusion prior (prior=...)")
+            raise DiffinvError(f"method {self.name!r} needs a diffusion prior (prior=...)")
         unknown = set(params) - set(self.defaults)
         if unknown:
-            raise ValueError(
+            raise DiffinvError(
                 f"unknown parameter(s) {sorted(unknown)} for method {self.name!r}; "
                 f"accepted: {sorted(self.defaults) or 'none'}"
             )
@@ -140,15 +141,15 @@ class Solver:
         """Check hyperparameters; raise ValueError naming the bad one. Override to add checks."""
         for key in ("steps", "iters"):
             if key in self.params and (int(self.params[key]) != self.params[key] or self.params[key] < 1):
-                raise ValueError(f"{key} must be a positive integer, got {self.params[key]!r}")
+                raise DiffinvError(f"{key} must be a positive integer, got {self.params[key]!r}")
         eta = self.params.get("eta")
         if eta is not None and not 0.0 <= float(eta) <= 1.0:
-            raise ValueError(f"eta must be in [0, 1], got {self.params['eta']}")
+            raise DiffinvError(f"eta must be in [0, 1], got {self.params['eta']}")
 
     def check_operator(self, op: LinearOperator) -> None:
         if self.requires_svd and not op.has_svd:
             svd_free = [n for n, c in sorted(_REGISTRY.items()) if not c.requires_svd]
-            raise ValueError(
+            raise DiffinvError(
                 f"method {self.name!r} needs an operator with an SVD; {op.name!r} has none "
                 f"(methods that handle it: {', '.join(svd_free)})"
             )
@@ -165,12 +166,12 @@ class Solver:
         """Restore ``x`` (B, C, H, W) in [0, 1] units from ``y = A x + sigma_y n``."""
         check_tensor(y, op.out_shape, "y", f"for operator {op.name}")
         if not torch.isfinite(y).all():
-            raise ValueError("y contains NaN or Inf values")
+            raise DiffinvError("y contains NaN or Inf values")
         sigma_y = float(sigma_y)
         if not math.isfinite(sigma_y) or sigma_y < 0:
-            raise ValueError(f"sigma_y must be a finite number >= 0, got {sigma_y}")
+            raise DiffinvError(f"sigma_y must be a finite number >= 0, got {sigma_y}")
         if self.prior is not None and tuple(op.in_shape) != tuple(self.prior.image_shape):
-            raise ValueError(
+            raise DiffinvError(
                 f"operator input shape {op.in_shape} does not match the prior's image shape "
                 f"{self.prior.image_shape}"
             )
@@ -226,9 +227,14 @@ class Solver:
         grid step ``step``, reported as ``callback(step.i, x, x0 image)``, and ``v -> (dx0/dx)^T v``
         when ``need_grad`` (one back-propagation through the network; else None). One NFE."""
         x0, vjp = x0_with_vjp(self.prior, x, step.t, ve=ve, need_grad=need_grad)
-        if callback is not None:
-            callback(step.i, x, self.prior.to_image(x0))
+        self.report(callback, step.i, step.t, x, x0)
         return x0, vjp
+
+    def report(self, callback: Callback | None, i: int, t, x_t: torch.Tensor, x0: torch.Tensor) -> None:
+        """Tell ``callback`` about step ``i`` (time ``t``, None for iterative methods): the state
+        ``x_t`` and the current estimate ``x0``, both in model space (image units without a prior)."""
+        if callback is not None:
+            callback(i, x_t, self.prior.to_image(x0) if self.prior is not None else x0)
 
     def time_grid(self, continuous: bool = False) -> TimeGrid:
         """The :class:`~diffinv.priors.steps.TimeGrid` of ``steps`` levels on the prior's schedule.

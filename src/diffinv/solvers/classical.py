@@ -36,6 +36,7 @@ import math
 
 import torch
 
+from ..errors import DiffinvError
 from ..operators.cg import cg
 from .base import Solver, register
 
@@ -158,11 +159,11 @@ class FistaTV(Solver):
         super().validate_params()
         lam = self.params["lam"]
         if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam >= 0):
-            raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
+            raise DiffinvError(f"lam must be a finite number >= 0, got {lam!r}")
         for key in ("inner", "power_iters"):
             v = self.params[key]
             if isinstance(v, bool) or int(v) != v or v < 1:
-                raise ValueError(f"{key} must be a positive integer, got {v!r}")
+                raise DiffinvError(f"{key} must be a positive integer, got {v!r}")
 
     def objective(self, op, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """F(x) per sample, shape (B,)."""
@@ -174,7 +175,7 @@ class FistaTV(Solver):
         box = bool(self.params["box"])
         L = 1.01 * power_norm2(op, y, int(self.params["power_iters"]))
         if L <= 0:
-            raise ValueError(f"operator {op.name!r} appears to be zero (||A||^2 = 0)")
+            raise DiffinvError(f"operator {op.name!r} appears to be zero (||A||^2 = 0)")
         x = _initial(op, y, bool(self.params["use_fbp"]))
         if box:
             x = x.clamp(0.0, 1.0)
@@ -212,7 +213,7 @@ class CGTikhonov(Solver):
         for key in ("lam", "tol"):
             v = self.params[key]
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-                raise ValueError(f"{key} must be a finite number >= 0, got {v!r}")
+                raise DiffinvError(f"{key} must be a finite number >= 0, got {v!r}")
 
     def _solve(self, y, op, sigma_y, generator, progress, callback):
         lam, tol = float(self.params["lam"]), float(self.params["tol"])

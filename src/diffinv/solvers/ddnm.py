@@ -136,6 +136,7 @@ import math
 
 import torch
 
+from ..errors import DiffinvError
 from ..priors.steps import VARIANCES, ddim_coefficients, eps_from_x0, forward_jump, x0_from_eps
 from .base import Solver, register
 
@@ -158,14 +159,14 @@ class DDNM(Solver):
     def validate_params(self) -> None:
         super().validate_params()
         if self.params["noise"] not in _NOISE_MODES:
-            raise ValueError(f"noise must be one of {_NOISE_MODES}, got {self.params['noise']!r}")
+            raise DiffinvError(f"noise must be one of {_NOISE_MODES}, got {self.params['noise']!r}")
         if not isinstance(self.params["clip_x0"], bool):
-            raise ValueError(f"clip_x0 must be True or False, got {self.params['clip_x0']!r}")
+            raise DiffinvError(f"clip_x0 must be True or False, got {self.params['clip_x0']!r}")
         for key in ("travel_length", "travel_repeat"):
             if key in self.params:
                 v = self.params[key]
                 if isinstance(v, bool) or int(v) != v or v < 0:
-                    raise ValueError(f"{key} must be an integer >= 0, got {v!r}")
+                    raise DiffinvError(f"{key} must be an integer >= 0, got {v!r}")
 
     def _solve(self, y, op, sigma_y, generator, progress, callback):
         # Plain DDNM ignores sigma_y: it projects onto the (possibly noisy) y exactly.

@@ -63,6 +63,7 @@ import math
 
 import torch
 
+from ..errors import DiffinvError
 from .base import Solver, randn, register
 
 
@@ -79,7 +80,7 @@ class DDRM(Solver):
     def validate_params(self) -> None:
         super().validate_params()
         if not 0.0 <= float(self.params["eta_b"]) <= 1.0:
-            raise ValueError(f"eta_b must be in [0, 1], got {self.params['eta_b']}")
+            raise DiffinvError(f"eta_b must be in [0, 1], got {self.params['eta_b']}")
 
     def _solve(self, y, op, sigma_y, generator, progress, callback):
         prior = self.prior

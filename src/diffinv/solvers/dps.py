@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import math
 
+from ..errors import DiffinvError
 from ..priors.steps import bnorm, ddim_step_from_x0, safe_div
 from .base import Solver, register
 
@@ -75,7 +76,7 @@ class DPS(Solver):
         super().validate_params()
         zeta = float(self.params["zeta"])
         if not math.isfinite(zeta) or zeta < 0:
-            raise ValueError(f"zeta must be a finite number >= 0, got {self.params['zeta']!r}")
+            raise DiffinvError(f"zeta must be a finite number >= 0, got {self.params['zeta']!r}")
 
     def _solve(self, y, op, sigma_y, generator, progress, callback):
         prior = self.prior

@@ -139,6 +139,7 @@ import math
 
 import torch
 
+from ..errors import DiffinvError
 from ..priors.steps import (
     MAX_VE_STEPS,
     VE_PREDICTORS,
@@ -173,7 +174,7 @@ _VE_ONLY = {
 def _form_class(form) -> type[MCG]:
     """The class of MCG's form ``form`` ("vp": :class:`MCGVP`, "ve": :class:`MCGVE`)."""
     if form not in _FORMS:
-        raise ValueError(f"form must be one of {_FORMS}, got {form!r}")
+        raise DiffinvError(f"form must be one of {_FORMS}, got {form!r}")
     return MCGVP if form == "vp" else MCGVE
 
 
@@ -214,13 +215,13 @@ class MCG(Solver):
 
     def __init__(self, prior=None, **params):
         if params.get("form", self.form) != self.form:
-            raise ValueError(
+            raise DiffinvError(
                 f"{type(self).__name__} is MCG's {self.form.upper()} form; got form={params['form']!r}"
             )
         other = "ve" if self.form == "vp" else "vp"
         for key in params:
             if key not in self.defaults and key in _form_class(other).defaults:
-                raise ValueError(
+                raise DiffinvError(
                     f"parameter {key!r} belongs to MCG's {other.upper()} form (form={other!r}); the "
                     f"{self.form.upper()} form (form={self.form!r}) takes {', '.join(sorted(self.defaults))}"
                 )
@@ -251,13 +252,13 @@ class MCG(Solver):
         super().validate_params()
         p = self.params
         if p["form"] != self.form:
-            raise ValueError(f"form must be {self.form!r} for {type(self).__name__}, got {p['form']!r}")
+            raise DiffinvError(f"form must be {self.form!r} for {type(self).__name__}, got {p['form']!r}")
         if p["weight_matrix"] not in _WEIGHTS:
-            raise ValueError(f"weight_matrix must be one of {_WEIGHTS}, got {p['weight_matrix']!r}")
+            raise DiffinvError(f"weight_matrix must be one of {_WEIGHTS}, got {p['weight_matrix']!r}")
         if p["grad_weight"] is not None:
             gw = float(p["grad_weight"])
             if not math.isfinite(gw) or gw < 0:
-                raise ValueError(
+                raise DiffinvError(
                     f"grad_weight must be a finite number >= 0 (or None), got {p['grad_weight']!r}"
                 )
 
@@ -343,21 +344,21 @@ class MCGVE(MCG):
         p = self.params
         for key, allowed in (("lam_schedule", _LAM_SCHEDULES), ("ve_projection", _VE_PROJECTIONS)):
             if p[key] not in allowed:
-                raise ValueError(f"{key} must be one of {allowed}, got {p[key]!r}")
+                raise DiffinvError(f"{key} must be one of {allowed}, got {p[key]!r}")
         snr = float(p["snr"])
         if not math.isfinite(snr) or snr < 0:
-            raise ValueError(f"snr must be a finite number >= 0, got {p['snr']!r}")
+            raise DiffinvError(f"snr must be a finite number >= 0, got {p['snr']!r}")
         check_predictor(p["predictor"])
         if int(p["steps"]) > MAX_VE_STEPS:
-            raise ValueError(
+            raise DiffinvError(
                 f"steps must be at most MAX_VE_STEPS = {MAX_VE_STEPS} for form='ve', got {p['steps']}"
             )
         if not isinstance(p["null_space_grad"], bool):
-            raise ValueError(f"null_space_grad must be True or False, got {p['null_space_grad']!r}")
+            raise DiffinvError(f"null_space_grad must be True or False, got {p['null_space_grad']!r}")
         for key in ("lam", "lam_end"):
             v = float(p[key])
             if not 0.0 <= v <= 1.0:
-                raise ValueError(f"{key} must be in [0, 1], got {p[key]!r}")
+                raise DiffinvError(f"{key} must be in [0, 1], got {p[key]!r}")
 
     def _lam(self, i: int, n: int) -> float:
         lam, lam_end = float(self.params["lam"]), float(self.params["lam_end"])

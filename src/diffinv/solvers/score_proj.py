@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import math
 
+from ..errors import DiffinvError
 from ..priors.steps import MAX_VE_STEPS, VE_PREDICTORS, check_predictor, langevin_step
 from ._guidance import noised_measurement
 from .base import Solver, register
@@ -85,13 +86,13 @@ class ScoreProj(Solver):
         super().validate_params()
         snr = float(self.params["snr"])
         if not math.isfinite(snr) or snr < 0:
-            raise ValueError(f"snr must be a finite number >= 0, got {self.params['snr']!r}")
+            raise DiffinvError(f"snr must be a finite number >= 0, got {self.params['snr']!r}")
         lam = float(self.params["lam"])
         if not 0.0 <= lam <= 1.0:
-            raise ValueError(f"lam must be in [0, 1], got {self.params['lam']!r}")
+            raise DiffinvError(f"lam must be in [0, 1], got {self.params['lam']!r}")
         check_predictor(self.params["predictor"])
         if int(self.params["steps"]) > MAX_VE_STEPS:
-            raise ValueError(
+            raise DiffinvError(
                 f"steps must be at most MAX_VE_STEPS = {MAX_VE_STEPS}, got {self.params['steps']}"
             )
 

@@ -118,6 +118,7 @@ from collections.abc import Callable
 
 import torch
 
+from ..errors import DiffinvError
 from ..operators.base import LinearOperator, check_tensor
 from .batch import NETWORK_GRADIENT_METHODS, TileProgress, can_batch, solve_together, solve_window, steps_hint
 from .known import KnownRegionOperator, KnownRegionSVDOperator, SoftKnownRegionOperator
@@ -183,7 +184,7 @@ def solve_tiled(
     """
     prior = solver.prior
     if prior is None:
-        raise ValueError(f"method {solver.name!r} uses no prior: run it on the whole image, not in windows")
+        raise DiffinvError(f"method {solver.name!r} uses no prior: run it on the whole image, not in windows")
     check_tensor(y, op.out_shape, "y", f"for operator {op.name}")
     name = getattr(prior, "name", None) or "the prior"
     windows = plan_tiles(
@@ -192,7 +193,7 @@ def solve_tiled(
     if solver.requires_svd:
         bad = next((w for w in windows if not w.solve_op.has_svd), None)
         if bad is not None:
-            raise ValueError(
+            raise DiffinvError(
                 f"method {solver.name!r} needs an SVD, which windows of {op.name} do not have "
                 f"(windows keep an SVD for denoise, inpaint, colorize and sr<k>); use e.g. ddnm or pigdm"
             )

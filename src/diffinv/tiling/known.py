@@ -12,6 +12,7 @@ import math
 
 import torch
 
+from ..errors import DiffinvError
 from ..operators.base import LinearOperator, SVDOperator, check_tensor
 from ..operators.cg import cg
 
@@ -41,10 +42,10 @@ class _KnownBase(LinearOperator):
         C, H, W = window_op.in_shape
         known = torch.as_tensor(known).detach().to("cpu")
         if tuple(known.shape) != (H, W):
-            raise ValueError(f"known mask has shape {tuple(known.shape)}, expected ({H}, {W})")
+            raise DiffinvError(f"known mask has shape {tuple(known.shape)}, expected ({H}, {W})")
         c = float(known_weight)
         if not (math.isfinite(c) and c > 0):
-            raise ValueError(f"known_weight must be a finite number > 0, got {known_weight!r}")
+            raise DiffinvError(f"known_weight must be a finite number > 0, got {known_weight!r}")
         self.m_w = math.prod(window_op.out_shape)
         super().__init__(window_op.in_shape, (self.m_w + C * H * W,))
         self.window_op = window_op
@@ -143,7 +144,7 @@ class SoftKnownRegionOperator(_KnownBase):
         self.cg_iters, self.cg_tol = max(window_op.cg_iters, 200), max(window_op.cg_tol, 1e-6)
         self.damping = float(damping)
         if not (math.isfinite(self.damping) and self.damping > 0):
-            raise ValueError(f"damping must be a finite number > 0, got {damping!r}")
+            raise DiffinvError(f"damping must be a finite number > 0, got {damping!r}")
         self.spec = f"{window_op.name} + known overlap (least squares)"
 
     def measurement(self, y_w: torch.Tensor, x_known: torch.Tensor) -> torch.Tensor:
@@ -175,14 +176,14 @@ class KnownRegionSVDOperator(KnownRegionOperator, SVDOperator):
 
     def __init__(self, window_op: SVDOperator, known: torch.Tensor, known_weight: float = 1.0):
         if not window_op.has_svd:
-            raise ValueError(f"{window_op.name} has no SVD")
+            raise DiffinvError(f"{window_op.name} has no SVD")
         super().__init__(window_op, known, known_weight, block_local=True)
         n = math.prod(self.in_shape)
         # V^T diag(o) V is diagonal with 0/1 entries iff each v_j lies wholly on known or new pixels.
         ones = torch.ones(1, n, dtype=F64)
         ind = window_op.Vt(self.known_mask[None] * window_op.V(ones))[0]
         if not bool(((ind - ind.round()).abs() < 1e-8).all()):
-            raise ValueError(f"{window_op.name}: the known region is not aligned with its singular vectors")
+            raise DiffinvError(f"{window_op.name}: the known region is not aligned with its singular vectors")
         known_coord = ind.round() > 0.5
         s_w = window_op.singulars().detach().to("cpu", F64)
         self.k_w = s_w.numel()

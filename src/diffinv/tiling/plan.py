@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..errors import DiffinvError
 from ..operators.base import LinearOperator, Region, WindowRule
 from .known import KnownRegionOperator, KnownRegionSVDOperator, SoftKnownRegionOperator
 
@@ -24,7 +25,7 @@ TILEABLE = "denoise, inpaint-*, colorize, sr<k>, sr<k>-bicubic, deblur-* and com
 
 
 def _not_tileable(op: LinearOperator, why: str = "") -> ValueError:
-    return ValueError(
+    return DiffinvError(
         f"cannot restore {op.name} with windows{': ' + why if why else ''}; windows handle {TILEABLE}"
     )
 
@@ -123,14 +124,14 @@ def _check_prior_fit(op: LinearOperator, window_shape, prior_name: str) -> None:
     Pc, Ph, Pw = window_shape
     fixed = op.window_rule().fixed_size
     if fixed:
-        raise ValueError(
+        raise DiffinvError(
             f"{prior_name} reconstructs {Ph}x{Pw} images; got {H}x{W} for {op.name} "
             f"({fixed}: reconstruct at {Ph}x{Pw})"
         )
     if C != Pc:
-        raise ValueError(f"{prior_name} restores {Pc}-channel images; the image has {C} channel(s)")
+        raise DiffinvError(f"{prior_name} restores {Pc}-channel images; the image has {C} channel(s)")
     if H < Ph or W < Pw:
-        raise ValueError(
+        raise DiffinvError(
             f"{prior_name} restores {Ph}x{Pw} images; got a {H}x{W} image, smaller than that "
             f"(images smaller than the prior are not supported: resize or pad it to at least {Ph}x{Pw})"
         )
@@ -164,26 +165,26 @@ def plan_tiles(
     rule = window_rule(op)
     a, min_overlap = rule.align, 2 * _margin(rule)  # below it the committed zones leave gaps
     if Ph % a or Pw % a:
-        raise ValueError(
+        raise DiffinvError(
             f"{op.name} needs windows that are multiples of {a} pixels; the prior's is {Ph}x{Pw}"
         )
     if (H - Ph) % a or (W - Pw) % a:  # the operator itself refuses this, but composites are built by hand
-        raise ValueError(f"{op.name}: image size {H}x{W} is not a multiple of {a}")
+        raise DiffinvError(f"{op.name}: image size {H}x{W} is not a multiple of {a}")
     if overlap is None:
         ov = max(min(Ph, Pw) // 4, min_overlap)
         ov = -(-ov // a) * a
     else:
         if isinstance(overlap, bool) or int(overlap) != overlap:
-            raise ValueError(f"overlap must be an integer number of pixels, got {overlap!r}")
+            raise DiffinvError(f"overlap must be an integer number of pixels, got {overlap!r}")
         ov = int(overlap)
         if ov < min_overlap:
-            raise ValueError(
+            raise DiffinvError(
                 f"overlap {ov} is too small for {op.name}: it needs at least {min_overlap} pixels"
             )
         if ov % a:
-            raise ValueError(f"overlap {ov} must be a multiple of {a} for {op.name}")
+            raise DiffinvError(f"overlap {ov} must be a multiple of {a} for {op.name}")
     if ov < 0 or ov >= min(Ph, Pw):
-        raise ValueError(
+        raise DiffinvError(
             f"overlap must be in [0, {min(Ph, Pw)}) for {Ph}x{Pw} windows, got {ov}"
             + (f" (the minimum for {op.name} is {min_overlap})" if min_overlap else "")
         )
@@ -220,7 +221,7 @@ def plan_tiles(
             w.level = 1 + max((v.level for v in windows if v.overlaps(w)), default=-1)
             windows.append(w)
     if not bool(committed.all()):  # cannot happen with overlap >= 2 * margin; guards the geometry
-        raise ValueError(f"windows leave {int((~committed).sum())} pixels unrestored; use a larger overlap")
+        raise DiffinvError(f"windows leave {int((~committed).sum())} pixels unrestored; use a larger overlap")
     _check_coverage(op, rule, covered)
     return windows
 
@@ -231,10 +232,10 @@ def _commit_margin(commit_margin: int | None, overlap: int, rule: WindowRule, na
     if commit_margin is None:
         return max(least, (overlap // 2) // a * a)
     if isinstance(commit_margin, bool) or int(commit_margin) != commit_margin:
-        raise ValueError(f"commit_margin must be an integer number of pixels, got {commit_margin!r}")
+        raise DiffinvError(f"commit_margin must be an integer number of pixels, got {commit_margin!r}")
     m = int(commit_margin)
     if m < least or 2 * m > overlap or m % a:
-        raise ValueError(
+        raise DiffinvError(
             f"commit_margin must be a multiple of {a} in [{least}, {overlap // 2}] for {name} "
             f"with overlap {overlap}, got {m}"
         )
@@ -253,7 +254,7 @@ def tile_schedule(windows: list[TileWindow], tile_batch: int = 1) -> list[list[T
     windows, all in lower levels), so the plan and the result do not depend on ``tile_batch``.
     """
     if isinstance(tile_batch, bool) or int(tile_batch) != tile_batch or tile_batch < 1:
-        raise ValueError(f"tile_batch must be a positive integer, got {tile_batch!r}")
+        raise DiffinvError(f"tile_batch must be a positive integer, got {tile_batch!r}")
     size = int(tile_batch)
     batches = []
     for level in sorted({w.level for w in windows}):
@@ -269,7 +270,7 @@ def commit_owner(windows: list[TileWindow], height: int, width: int) -> torch.Te
         rows, cols = w.slices
         owner[rows, cols] = torch.where(w.commit, w.number, owner[rows, cols])
     if bool((owner < 0).any()):
-        raise ValueError(f"the windows do not commit every pixel of a {height}x{width} image")
+        raise DiffinvError(f"the windows do not commit every pixel of a {height}x{width} image")
     return owner
 
 
@@ -285,11 +286,11 @@ def seam_ratio(x: torch.Tensor, owner: torch.Tensor, align: int = 1) -> torch.Te
     lines everywhere, which is not a seam. Returns one ratio per image, shape ``(B,)``.
     """
     if x.dim() != 4:
-        raise ValueError(f"x must have shape (B, C, H, W), got {tuple(x.shape)}")
+        raise DiffinvError(f"x must have shape (B, C, H, W), got {tuple(x.shape)}")
     if tuple(owner.shape) != tuple(x.shape[-2:]):
-        raise ValueError(f"owner has shape {tuple(owner.shape)}, expected {tuple(x.shape[-2:])}")
+        raise DiffinvError(f"owner has shape {tuple(owner.shape)}, expected {tuple(x.shape[-2:])}")
     if isinstance(align, bool) or int(align) != align or align < 1:
-        raise ValueError(f"align must be a positive integer, got {align!r}")
+        raise DiffinvError(f"align must be a positive integer, got {align!r}")
     owner = owner.to(x.device)
     H, W = owner.shape
     diffs, borders, refs = [], [], []
@@ -303,9 +304,9 @@ def seam_ratio(x: torch.Tensor, owner: torch.Tensor, align: int = 1) -> torch.Te
         refs.append((~border & grid).flatten())
     d, border, ref = torch.cat(diffs, 1), torch.cat(borders), torch.cat(refs)
     if not bool(border.any()):
-        raise ValueError("owner has a single label: there is no border to measure")
+        raise DiffinvError("owner has a single label: there is no border to measure")
     if not bool(ref.any()):
-        raise ValueError(f"no pixel pairs inside the labels straddle the {align}-pixel grid")
+        raise DiffinvError(f"no pixel pairs inside the labels straddle the {align}-pixel grid")
     return d[:, border].mean(1) / d[:, ref].mean(1)
 
 
@@ -319,4 +320,6 @@ def _check_coverage(op: LinearOperator, rule: WindowRule, covered: torch.Tensor)
         interior[kh - 1 - kh // 2 : h - kh // 2, kw - 1 - kw // 2 : w - kw // 2] = True
         missing = missing & interior
     if bool(missing.any()):
-        raise ValueError(f"windows miss {int(missing.sum())} measurements of {op.name}; use a larger overlap")
+        raise DiffinvError(
+            f"windows miss {int(missing.sum())} measurements of {op.name}; use a larger overlap"
+        )
