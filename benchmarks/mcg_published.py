@@ -74,7 +74,8 @@ def main(argv=None) -> int:
             solver = solvers.get(name, None if name == "pinv" else prior, **params)
             start = time.perf_counter()
 
-            def progress(i, *_, label=label, start=start, views=views):
+            def progress(event, label=label, start=start, views=views):
+                i = event["step"]
                 if i % 100 == 0:
                     print(f"  ct{views} {label}: step {i} ({time.perf_counter() - start:.0f} s)", flush=True)
 

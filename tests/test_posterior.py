@@ -50,7 +50,7 @@ def test_shapes_summary_and_one_sample_is_the_plain_call(problem):
     # every sample of image b fits y[b] (noiseless DDNM is consistent): rows are image-major
     for k in range(5):
         assert (op.A(post.samples[k]) - y).abs().max() < 1e-6
-    assert solver.last_nfe == 10  # one batched call
+    assert post.nfe == 10  # one batched call
     one = solver.sample(y, op, n=1, generator=gen(1))
     plain = solver(y, op, generator=gen(1))
     torch.testing.assert_close(one.mean, plain, rtol=0, atol=1e-12)
@@ -64,7 +64,7 @@ def test_same_seed_same_samples_and_batch_bounds_calls(problem):
     b = posterior.sample(solver, y, op, n=4, generator=gen(3))
     torch.testing.assert_close(a.samples, b.samples, rtol=0, atol=0)
     c = solver.sample(y, op, n=4, generator=gen(3), batch=3)  # 8 rows in calls of 3, 3, 2
-    assert solver.last_nfe == 30 and c.samples.shape == a.samples.shape
+    assert c.nfe == 30 and c.samples.shape == a.samples.shape
     assert not torch.allclose(c.samples[1:], a.samples[1:])  # the draws are split differently
     # the samples differ from each other (independent noise per row)
     assert (a.samples[0] - a.samples[1]).abs().max() > 1e-3

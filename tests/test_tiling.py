@@ -292,7 +292,7 @@ def test_callback_sees_the_whole_image():
     y = op.A(_image(op.in_shape))
     seen = []
     solver = solvers.get("ddnm", _prior(1), steps=2)
-    tiling.solve_tiled(solver, y, op, callback=lambda i, x_t, img: seen.append((i, tuple(img.shape))))
+    tiling.solve_tiled(solver, y, op, callback=lambda e: seen.append((e["step"], tuple(e["x0"].shape))))
     assert [i for i, _ in seen] == list(range(len(seen)))
     assert len(seen) == 2 * solver.last_windows
     assert all(shape == (1, 1, 12, 12) for _, shape in seen)
@@ -425,7 +425,7 @@ def test_callback_counts_every_step_of_batched_windows():
     y = op.A(_image(op.in_shape))
     seen = []
     solver = solvers.get("ddnm", _prior(1), steps=2)
-    tiling.solve_tiled(solver, y, op, tile_batch=8, callback=lambda i, x_t, img: seen.append((i, img.shape)))
+    tiling.solve_tiled(solver, y, op, tile_batch=8, callback=lambda e: seen.append((e["step"], e["x0"].shape)))
     assert [i for i, _ in seen] == list(range(2 * solver.last_windows))
     assert all(shape == (1, 1, 20, 20) for _, shape in seen)
 
@@ -549,3 +549,31 @@ def test_tiling_knows_no_concrete_operator():
     consistent = {n for n in solvers_pkg.available() if solvers_pkg.get_class(n).ends_consistent}
     assert {"ddnm", "ddnm+", "ddrm", "mcg", "score-proj"} <= consistent  # the old PROJECTING_METHODS
     assert not consistent & {"ddim", "dps", "pigdm", "pinv", "fista-tv", "cg-tikhonov"}
+
+
+def test_pipeline_solve_returns_a_result_and_reports_dicts():
+    """``pipeline.solve`` takes a built solver and returns a SolveResult; the callback gets a dict
+    per step whose ``x0`` is the whole image (tiled) and whose ``window`` names the window."""
+    shape = (1, 20, 20)
+    op = from_spec("sr2", shape, seed=1)
+    y = op.A(_image(shape))
+    solver = solvers.get("ddnm", _prior(1), steps=3)
+    events = []
+    r = pipeline.solve(y, op, solver, seed=0, callback=events.append)
+    assert isinstance(r, solvers.SolveResult)
+    assert r.windows == len(tiling.plan_tiles(op, (1, P, P))) > 1
+    assert r.nfe == 3 * r.windows and r.seconds > 0 and r.params["steps"] == 3
+    assert _rel_residual(op, r.x, y) <= 1e-4
+    assert len(events) == r.nfe and {"step", "t", "x_t", "x0", "window"} <= set(events[0])
+    assert [e["step"] for e in events] == list(range(r.nfe))
+    assert events[-1]["x0"].shape == (1, *shape)
+    # the same image as the convenience wrapper (which also fills solver.last_*)
+    x = tiling.solve_tiled(solver, y, op, seed=0)
+    torch.testing.assert_close(x, r.x, rtol=0, atol=1e-6)
+    assert solver.last_windows == r.windows and solver.last_nfe == r.nfe
+    # untiled: one window; a built solver refuses further parameters
+    small = from_spec("sr2", (1, P, P), seed=1)
+    r1 = pipeline.solve(small.A(_image((1, P, P))), small, solver)
+    assert r1.windows == 1 and r1.nfe == 3
+    with pytest.raises(ValueError, match="when building the solver"):
+        pipeline.degrade_and_restore(_image((1, P, P)), small, solver, None, steps=5)

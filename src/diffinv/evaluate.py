@@ -153,6 +153,7 @@ class _Plan:
     prior: Prior | None
     config: dict
     device: torch.device
+    solvers: dict  # method name -> the solver, built once
 
 
 def _plan(
@@ -220,8 +221,8 @@ def _plan(
     items = load_items(data, n, crop, channels, int(seed), slices)
     shape = tuple(items[0].x.shape[1:])
     op = from_spec(task, shape, seed=item_seed(seed, 0))  # bad specs / shapes fail here
-    for m in methods:  # wrong pairs (e.g. an SVD method on CT) fail now, not after hours
-        solver = pipeline.make_solver(m, prior, steps)
+    built = {m: pipeline.make_solver(m, prior, steps) for m in methods}
+    for solver in built.values():  # wrong pairs (e.g. an SVD method on CT) fail now, not after hours
         solver.check_operator(op)
     config = {  # in the order a refused rerun reports differences
         "data": data if _is_phantoms(data) else os.path.abspath(data),
@@ -240,7 +241,7 @@ def _plan(
         "samples": samples,
         "diffinv_version": __version__,
     }
-    return _Plan(items, methods, prior, config, device)
+    return _Plan(items, methods, prior, config, device, built)
 
 
 def measurement_view(y: torch.Tensor, op, like: torch.Tensor) -> torch.Tensor:
@@ -289,22 +290,17 @@ def _run_items(
                 if png.is_file() and _read_record(rec_path) is not None:
                     bar.update(1)
                     continue
-                sampled = samples > 1 and solvers.get_class(method).needs_prior
+                solver = plan.solvers[method]
+                sampled = samples > 1 and solver.needs_prior
                 if sampled:  # K samples batched; x_hat is their mean (classical methods: one answer)
                     from . import posterior
 
                     r = posterior.degrade_and_sample(
-                        x, task, method, plan.prior, sigma_y, item_seed(seed, item.index), steps, n=samples
+                        x, task, solver, plan.prior, sigma_y, item_seed(seed, item.index), n=samples
                     )
                 else:
                     r = pipeline.degrade_and_restore(
-                        x,
-                        task,
-                        method,
-                        plan.prior,
-                        sigma_y=sigma_y,
-                        seed=item_seed(seed, item.index),
-                        steps=steps,
+                        x, task, solver, plan.prior, sigma_y=sigma_y, seed=item_seed(seed, item.index)
                     )
                 gt_png = _image_path(out, GROUND_TRUTH_DIR, item.name)
                 meas_png = _image_path(out, MEASUREMENT_DIR, item.name)

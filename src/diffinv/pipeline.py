@@ -19,9 +19,11 @@ import torch
 
 from . import metrics as M
 from . import solvers, tiling
+from .errors import DiffinvError
 from .operators import from_spec
 from .operators.base import LinearOperator
 from .priors.base import Prior
+from .priors.steps import Callback
 
 
 @dataclass
@@ -37,6 +39,8 @@ class Restoration:
     metrics: dict = field(default_factory=dict)
     #: the solver hyperparameters the run used (explicit > operator-family defaults > generic)
     params: dict = field(default_factory=dict)
+    #: prior-sized windows the image was restored in (1: at once)
+    windows: int = 1
 
 
 def make_solver(method: str, prior: Prior | None, steps: int | None = None, **params) -> solvers.Solver:
@@ -68,30 +72,37 @@ def score(x_hat: torch.Tensor, x_true: torch.Tensor | None, op: LinearOperator, 
     return out
 
 
+def as_solver(method: str | solvers.Solver, prior: Prior | None, steps: int | None = None, **params):
+    """``method`` itself when it is a built :class:`~diffinv.solvers.Solver` (then ``steps`` and
+    ``params`` must be empty), else :func:`make_solver` of the name."""
+    if isinstance(method, solvers.Solver):
+        if steps is not None or params:
+            raise DiffinvError("give steps and parameters when building the solver, not with a built one")
+        return method
+    return make_solver(method, prior, steps, **params)
+
+
 def solve(
     y: torch.Tensor,
     op: LinearOperator,
-    method: str,
-    prior: Prior | None,
+    solver: solvers.Solver,
     sigma_y: float = 0.0,
     seed: int = 0,
-    steps: int | None = None,
     progress: bool = False,
-    callback=None,
+    callback: Callback | None = None,
     tile_overlap: int | None = None,
     tile_batch: int | None = None,
-    **params,
-) -> tuple[torch.Tensor, solvers.Solver]:
-    """Run ``method`` on y; the solver's randomness comes from ``torch.Generator().manual_seed(seed)``.
+) -> solvers.SolveResult:
+    """Run ``solver`` on y; its randomness comes from ``torch.Generator().manual_seed(seed)``.
 
     When the operator's images differ in size from the prior's, a diffusion method restores them
-    in overlapping windows (:mod:`diffinv.tiling`, overlap ``tile_overlap`` pixels or its default,
-    up to ``tile_batch`` windows per network batch, default ``tiling.DEFAULT_TILE_BATCH``) and
-    ``solver.last_nfe`` / ``last_seconds`` are the totals over the windows.
+    in overlapping windows (:func:`diffinv.tiling.solve_windows`, overlap ``tile_overlap`` pixels
+    or its default, up to ``tile_batch`` windows per network batch, default
+    ``tiling.DEFAULT_TILE_BATCH``); the result's NFE and seconds are the totals over the windows.
+    ``callback`` receives a dict per step (:func:`diffinv.priors.steps.report_step`).
     """
-    solver = make_solver(method, prior, steps, **params)
     if solver.prior is not None and tiling.needs_tiling(op, solver.prior.image_shape):
-        x_hat = tiling.solve_tiled(
+        return tiling.solve_windows(
             solver,
             y,
             op,
@@ -102,43 +113,52 @@ def solve(
             callback=callback,
             tile_batch=tile_batch,
         )
-        return x_hat, solver
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
-    x_hat = solver(y, op, sigma_y=sigma_y, generator=generator, progress=progress, callback=callback)
-    return x_hat, solver
+    return solver.solve(y, op, sigma_y=sigma_y, generator=generator, progress=progress, callback=callback)
 
 
 def degrade_and_restore(
     x: torch.Tensor,
     task: str | LinearOperator,
-    method: str,
+    method: str | solvers.Solver,
     prior: Prior | None,
     sigma_y: float = 0.0,
     seed: int = 0,
     steps: int | None = None,
     progress: bool = False,
-    **params,
+    **kwargs,
 ) -> Restoration:
-    """Degrade a clean image ``x`` (B, C, H, W) with ``task`` (+ noise sigma_y, seeded), restore, score."""
+    """Degrade a clean image ``x`` (B, C, H, W) with ``task`` (+ noise sigma_y, seeded), restore, score.
+
+    ``method``: a built solver, or a name built with ``prior``, ``steps`` and the hyperparameters
+    in ``kwargs``; ``callback``, ``tile_overlap``, ``tile_batch`` go to :func:`solve`.
+    """
     op = from_spec(task, tuple(x.shape[1:]), seed=seed) if isinstance(task, str) else task
     y = op.measure(x, sigma_y, generator=torch.Generator().manual_seed(int(seed) + 7919))
-    x_hat, solver = solve(y, op, method, prior, sigma_y, seed, steps, progress, **params)
-    metrics = score(x_hat, x, op, y)
-    return Restoration(x_hat, y, op, solver.last_nfe, solver.last_seconds, x, metrics, dict(solver.params))
+    return _restore(y, op, x, method, prior, sigma_y, seed, steps, progress, kwargs)
 
 
 def restore_measured(
     y: torch.Tensor,
     op: LinearOperator,
-    method: str,
+    method: str | solvers.Solver,
     prior: Prior | None,
     sigma_y: float = 0.0,
     seed: int = 0,
     steps: int | None = None,
     progress: bool = False,
-    **params,
+    **kwargs,
 ) -> Restoration:
     """Restore from an observation ``y`` already in the operator's measurement space."""
-    x_hat, solver = solve(y, op, method, prior, sigma_y, seed, steps, progress, **params)
-    metrics = score(x_hat, None, op, y)
-    return Restoration(x_hat, y, op, solver.last_nfe, solver.last_seconds, None, metrics, dict(solver.params))
+    return _restore(y, op, None, method, prior, sigma_y, seed, steps, progress, kwargs)
+
+
+_SOLVE_OPTIONS = ("callback", "tile_overlap", "tile_batch")
+
+
+def _restore(y, op, x_true, method, prior, sigma_y, seed, steps, progress, kwargs) -> Restoration:
+    options = {k: kwargs.pop(k) for k in _SOLVE_OPTIONS if k in kwargs}
+    solver = as_solver(method, prior, steps, **kwargs)
+    r = solve(y, op, solver, sigma_y, seed, progress, **options)
+    metrics = score(r.x, x_true, op, y)
+    return Restoration(r.x, y, op, r.nfe, r.seconds, x_true, metrics, r.params, r.windows)

@@ -171,9 +171,9 @@ def sample(
         batch: at most this many rows (images x samples) per solver call; default all B*K at once.
         quantiles: the per-pixel quantiles to keep in ``PosteriorSamples.quantiles``.
         progress: the solver's progress bar.
-        callback: the solver's ``callback(step, x_t, x0_image)``, on every call (batch).
+        callback: the solver's ``callback(event)`` (a dict: step, t, x_t, x0), on every call (batch).
 
-    Afterwards ``solver.last_nfe`` / ``last_seconds`` are the totals over the calls.
+    The returned summary's ``nfe`` / ``seconds`` are the totals over the calls.
 
     Example
     -------
@@ -186,19 +186,10 @@ def sample(
     size = rows.shape[0] if batch is None else batch
     outs, nfe, seconds = [], 0, 0.0
     for start in range(0, rows.shape[0], size):
-        outs.append(
-            solver(
-                rows[start : start + size],
-                op,
-                sigma_y=sigma_y,
-                generator=generator,
-                progress=progress,
-                callback=callback,
-            )
-        )
-        nfe += solver.last_nfe
-        seconds += solver.last_seconds
-    solver.last_nfe, solver.last_seconds = nfe, seconds
+        r = solver.solve(rows[start : start + size], op, sigma_y, generator, progress, callback)
+        outs.append(r.x)
+        nfe += r.nfe
+        seconds += r.seconds
     x = torch.cat(outs, 0)
     samples = x.reshape(B, K, *x.shape[1:]).transpose(0, 1)  # (K, B, ...)
     return summarize(samples, quantiles, nfe, seconds)
@@ -234,6 +225,8 @@ def restore_samples(
 ):
     """:func:`diffinv.pipeline.solve` with ``n`` samples per image: returns (PosteriorSamples, solver).
 
+    ``method``: a built solver, or a name built with ``prior``, ``steps`` and ``params``.
+
     Untiled: :func:`sample` with ``torch.Generator().manual_seed(seed)``, so ``n = 1`` gives exactly
     the image ``pipeline.solve`` gives. Images larger than the prior: the repeated ``y`` goes
     through :func:`diffinv.tiling.solve_tiled` (its windows batch the K samples too); with ``batch``
@@ -241,11 +234,11 @@ def restore_samples(
     seeds its windows from ``seed`` alone and would repeat the first call's samples.
     """
     from . import tiling
-    from .pipeline import make_solver
+    from .pipeline import as_solver
 
     K = check_samples(n)
     batch = _check_batch(batch)
-    solver = make_solver(method, prior, steps, **params)
+    solver = as_solver(method, prior, steps, **params)
     if solver.prior is None or not tiling.needs_tiling(op, solver.prior.image_shape):
         generator = torch.Generator(device="cpu").manual_seed(int(seed))
         post = sample(solver, y, op, K, sigma_y, generator, batch, quantiles, progress, callback)
@@ -255,22 +248,20 @@ def restore_samples(
     size = rows.shape[0] if batch is None else batch
     outs, nfe, seconds = [], 0, 0.0
     for c, start in enumerate(range(0, rows.shape[0], size)):
-        outs.append(
-            tiling.solve_tiled(
-                solver,
-                rows[start : start + size],
-                op,
-                sigma_y,
-                _chunk_seed(seed, c),
-                overlap=tile_overlap,
-                progress=progress,
-                callback=callback,
-                tile_batch=tile_batch,
-            )
+        r = tiling.solve_windows(
+            solver,
+            rows[start : start + size],
+            op,
+            sigma_y,
+            _chunk_seed(seed, c),
+            overlap=tile_overlap,
+            progress=progress,
+            callback=callback,
+            tile_batch=tile_batch,
         )
-        nfe += solver.last_nfe
-        seconds += solver.last_seconds
-    solver.last_nfe, solver.last_seconds = nfe, seconds
+        outs.append(r.x)
+        nfe += r.nfe
+        seconds += r.seconds
     x = torch.cat(outs, 0)
     return summarize(x.reshape(B, K, *x.shape[1:]).transpose(0, 1), quantiles, nfe, seconds), solver
 
@@ -378,8 +369,8 @@ def _sampled(y, op, x_true, method, prior, sigma_y, seed, steps, n, batch, progr
         post.mean,
         y,
         op,
-        solver.last_nfe,
-        solver.last_seconds,
+        post.nfe,
+        post.seconds,
         x_true,
         metrics,
         dict(solver.params),

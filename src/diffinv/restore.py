@@ -302,7 +302,8 @@ def restore_files(
             ``<name>_uncertainty.png`` shows measurement / mean / std / |error| / ground truth.
             The record's ``metrics`` score the mean, ``sample_metrics`` one sample (the average).
         save_samples: with K > 1, also write every sample as ``<name>_sample<k>.png``.
-        callback: the solvers' ``callback(step, x_t, x0_image)`` (progress; raising in it stops the
+        callback: the solvers' ``callback(event)``, a dict with ``step``, ``t``, ``x_t``, ``x0``
+            (:func:`diffinv.priors.steps.report_step`; progress; raising in it stops the
             run, whose files are then removed). on_result: ``on_result(record, restoration)``
             once an input's files are written (the web app shows ``restoration.y``).
         resize: resize every input to the prior's size (``True``) or to ``resize`` x ``resize``
@@ -383,7 +384,7 @@ def restore_files(
         model = None
     s = _Settings(task, method, model, steps, sigma_y, seed, bool(measured), mask, device_name)
     try:
-        solver = pipeline.make_solver(method, prior, steps, **params)  # checks the parameters' values
+        solver = pipeline.make_solver(method, prior, steps, **params)  # built once; checks the values
     except (TypeError, ValueError) as e:
         raise _param_error(e, params, method_cls) from None
     channels, why = _restore_channels(task, prior, model)
@@ -410,7 +411,7 @@ def restore_files(
     records: list[dict] = []
     try:
         for job in jobs:
-            common = dict(sigma_y=float(sigma_y), seed=seed, steps=steps, progress=progress)
+            common = dict(sigma_y=float(sigma_y), seed=seed, progress=progress)  # the solver: built once
             if tile_batch is not None:  # images larger than the prior: windows per network batch
                 common["tile_batch"] = tile_batch
             if callback is not None:
@@ -422,16 +423,15 @@ def restore_files(
                 r = run(
                     (job.x if job.x is not None else job.y).to(dev),
                     job.task if job.x is not None else job.op,
-                    method,
+                    solver,
                     prior,
                     n=samples,
                     **common,
-                    **params,
                 )
             elif job.x is not None:
-                r = pipeline.degrade_and_restore(job.x.to(dev), job.task, method, prior, **common, **params)
+                r = pipeline.degrade_and_restore(job.x.to(dev), job.task, solver, prior, **common)
             else:
-                r = pipeline.restore_measured(job.y.to(dev), job.op, method, prior, **common, **params)
+                r = pipeline.restore_measured(job.y.to(dev), job.op, solver, prior, **common)
             name = f"{job.path.stem}_{job.label}_{method}"
             png = save_image(r.x_hat.clamp(0, 1), out / f"{name}.png")
             written.append(png)

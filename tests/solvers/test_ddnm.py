@@ -273,7 +273,7 @@ def test_determinism_and_callback():
     _, y = make_measurement(op, prior, 0.0, seed=14, batch=2)
     calls = []
     solver = solvers.get("ddnm", prior, steps=10)
-    a = solver(y, op, generator=gen(8), callback=lambda i, xt, x0: calls.append((i, xt.shape, x0.shape)))
+    a = solver(y, op, generator=gen(8), callback=lambda e: calls.append((e["step"], e["x_t"].shape, e["x0"].shape)))
     b = solver(y, op, generator=gen(8))
     c = solver(y, op, generator=gen(9))
     assert torch.equal(a, b)

@@ -225,7 +225,7 @@ def _total_steps(kw: dict, size: tuple[int, int], app: AppState) -> int:
 def _callback(total: int, report: Report, cancel: threading.Event, deadline: float):
     state = {"calls": 0, "last": 0.0}
 
-    def callback(step, x_t, x0_image) -> None:
+    def callback(event: dict) -> None:
         if cancel.is_set():
             raise JobCancelled("cancelled")
         if time.monotonic() > deadline:

@@ -4,9 +4,9 @@ All samplers draw every random number from the explicit ``generator`` (on the ge
 device, then moved), so a seed gives the same images on any device. They work in the prior's
 model space and return ``(n, C, H, W)`` images in [0, 1] (clamped unless ``clamp=False``).
 
-``callback(step, x_t, x0)`` is called after every step with the step index (0-based), the
-current state (model space; VE state for :func:`ve_pc_sample`) and the current Tweedie
-estimate in [0, 1] image space (not clamped).
+``callback`` is called after every step with a dict (:func:`~diffinv.priors.steps.report_step`):
+``step`` (0-based), ``t``, ``x_t`` the current state (model space; VE state for
+:func:`ve_pc_sample`) and ``x0`` the current Tweedie estimate in [0, 1] image space (not clamped).
 
 References
 ----------
@@ -18,22 +18,20 @@ References
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
 from ..errors import DiffinvError
 from .base import Prior
 from .steps import (
+    Callback,
     TimeGrid,
     ddim_step,
     ddpm_step,
     langevin_step,
+    report_step,
     reverse_diffusion_step,
     x0_from_eps,
 )
-
-Callback = Callable[[int, torch.Tensor, torch.Tensor], None]
 
 
 def _setup(prior: Prior, n: int, generator: torch.Generator | None, device, dtype):
@@ -99,7 +97,7 @@ def ddpm_sample(
     for s in _iter(grid, progress, "DDPM"):
         eps = prior.eps(x, s.t)
         if callback is not None:
-            callback(s.i, x, prior.to_image(x0_from_eps(x, eps, s.ab_t)))
+            report_step(callback, s.i, s.t, x, prior.to_image(x0_from_eps(x, eps, s.ab_t)))
         x = ddpm_step(x, eps, s.ab_t, s.ab_prev, None if s.last else randn())
     return _finish(prior, x, clamp)
 
@@ -136,8 +134,7 @@ def ddim_sample(
     for s in _iter(TimeGrid(prior.schedule, steps), progress, "DDIM"):
         eps = prior.eps(x, s.t)
         x0 = x0_from_eps(x, eps, s.ab_t)
-        if callback is not None:
-            callback(s.i, x, prior.to_image(x0))
+        report_step(callback, s.i, s.t, x, prior.to_image(x0))
         x = ddim_step(x0, eps, s.ab_t, s.ab_prev, eta, randn() if eta > 0 and not s.last else None)
     return _finish(prior, x0, clamp)
 
@@ -190,10 +187,10 @@ def ve_pc_sample(
         if not s.last:
             g = prior.score_ve(x, s.t)
             if callback is not None:
-                callback(s.i, x, prior.to_image(x + s.sigma**2 * g))
+                report_step(callback, s.i, s.t, x, prior.to_image(x + s.sigma**2 * g))
             x, _ = reverse_diffusion_step(x, g, s.sigma, s.sigma_prev, randn())
         else:
             x0 = prior.x0_ve(x, s.t)
             if callback is not None:
-                callback(s.i, x, prior.to_image(x0))
+                report_step(callback, s.i, s.t, x, prior.to_image(x0))
     return _finish(prior, x0, clamp)

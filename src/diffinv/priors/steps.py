@@ -30,6 +30,7 @@ References
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
@@ -47,6 +48,24 @@ MAX_VE_STEPS = 100_000
 SPACINGS = ("skip-or-linspace", "skip")
 #: the rule every grid of the library uses (see :func:`grid_times`)
 SPACING = "skip-or-linspace"
+
+
+#: A progress callback: called once per step with a dict of named values (:func:`report_step`).
+Callback = Callable[[dict], None]
+
+
+def report_step(callback: Callback | None, step: int, t, x_t: torch.Tensor, x0: torch.Tensor) -> None:
+    """Call ``callback`` (if any) with ``{"step", "t", "x_t", "x0"}``: the 0-based step index, the
+    time (a grid time, a VE level, or None for iterative methods), the state in model space, and the
+    current estimate of the clean image in [0, 1] image units (not clamped).
+
+    >>> seen = []
+    >>> report_step(seen.append, 3, 250, torch.zeros(1), torch.ones(1))
+    >>> sorted(seen[0]), seen[0]["step"], seen[0]["t"]
+    (['step', 't', 'x0', 'x_t'], 3, 250)
+    """
+    if callback is not None:
+        callback({"step": int(step), "t": t, "x_t": x_t, "x0": x0})
 
 
 # ---------------------------------------------------------------------- per-sample helpers

@@ -6,10 +6,10 @@ Every module in this package registers its methods on import (see :mod:`.base`).
 import importlib
 import pkgutil
 
-from .base import Solver, available, get, get_class, register
+from .base import Solver, SolveResult, available, get, get_class, register
 
 for _module in pkgutil.iter_modules(__path__):
     if _module.name != "base":
         importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["Solver", "available", "get", "get_class", "register"]
+__all__ = ["SolveResult", "Solver", "available", "get", "get_class", "register"]

@@ -27,20 +27,34 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import torch
 
 from ..errors import DiffinvError
 from ..families import family as operator_family
 from ..operators.base import LinearOperator, check_tensor
+from ..operators.nonlinear import is_nonlinear
 from ..priors.base import Prior
-from ..priors.steps import GridStep, TimeGrid
+from ..priors.steps import Callback, GridStep, TimeGrid, report_step
 from ._guidance import x0_with_vjp
 
-Callback = Callable[[int, torch.Tensor, torch.Tensor], None]
-
 _REGISTRY: dict[str, type[Solver]] = {}
+
+
+@dataclass
+class SolveResult:
+    """What one solve returns: the restored image ``x`` (B, C, H, W, image units, not clamped), its
+    cost (``nfe`` network evaluations, ``seconds`` of wall time), the hyperparameters it used
+    (explicit > family defaults > generic) and the number of prior-sized ``windows`` it was
+    restored in (1: the whole image at once; see :mod:`diffinv.tiling`)."""
+
+    x: torch.Tensor
+    nfe: int
+    seconds: float
+    params: dict = field(default_factory=dict)
+    windows: int = 1
 
 
 def register(cls: type[Solver]) -> type[Solver]:
@@ -85,7 +99,9 @@ def randn(shape: Iterable[int], generator: torch.Generator | None, like: torch.T
 class Solver:
     """Base class. Subclasses set ``name``, ``description``, ``defaults`` and implement ``_solve``.
 
-    Attributes set after each call: ``last_nfe`` (network evaluations), ``last_seconds`` (wall time).
+    ``solver(y, op, ...)`` returns the image; :meth:`solve` returns a :class:`SolveResult` (image,
+    NFE, seconds, params). Attributes set after each call, for convenience: ``last_nfe`` (network
+    evaluations), ``last_seconds`` (wall time), ``params`` (the values used).
     """
 
     name: str = ""
@@ -100,6 +116,10 @@ class Solver:
     #: True when the untiled output satisfies ``A x = y`` for noiseless data (the method ends with
     #: a projection); tiled restorations of operators with overlapping rows then end with one.
     ends_consistent: bool = False
+    #: True when the method also takes a nonlinear forward model
+    #: (:class:`~diffinv.operators.nonlinear.NonlinearOperator`): its data term goes through
+    #: :meth:`measurement_fit` only; others refuse one in :meth:`check_operator`.
+    accepts_nonlinear: bool = False
 
     def __init__(self, prior: Prior | None = None, **params):
         if self.needs_prior and prior is None:
@@ -147,6 +167,12 @@ class Solver:
             raise DiffinvError(f"eta must be in [0, 1], got {self.params['eta']}")
 
     def check_operator(self, op: LinearOperator) -> None:
+        if is_nonlinear(op) and not self.accepts_nonlinear:
+            takers = [n for n, c in sorted(_REGISTRY.items()) if c.accepts_nonlinear]
+            raise DiffinvError(
+                f"method {self.name!r} needs a linear operator; {op.name!r} is nonlinear "
+                f"(methods that accept it: {', '.join(takers)})"
+            )
         if self.requires_svd and not op.has_svd:
             svd_free = [n for n, c in sorted(_REGISTRY.items()) if not c.requires_svd]
             raise DiffinvError(
@@ -188,6 +214,23 @@ class Solver:
         self.last_nfe = self.prior.nfe if self.prior is not None else 0
         return x
 
+    def solve(
+        self,
+        y: torch.Tensor,
+        op: LinearOperator,
+        sigma_y: float = 0.0,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+        callback: Callback | None = None,
+    ) -> SolveResult:
+        """As calling the solver, but returns a :class:`SolveResult` (image, NFE, seconds, params).
+
+        >>> r = solvers.get("pinv").solve(y, op)        # doctest: +SKIP
+        >>> r.x.shape, r.nfe, r.seconds                   # doctest: +SKIP
+        """
+        x = self(y, op, sigma_y=sigma_y, generator=generator, progress=progress, callback=callback)
+        return SolveResult(x, self.last_nfe, self.last_seconds, dict(self.params))
+
     def _solve(self, y, op, sigma_y, generator, progress, callback) -> torch.Tensor:
         raise NotImplementedError
 
@@ -209,10 +252,29 @@ class Solver:
 
     # ------------------------------------------------------------------ helpers for subclasses
     def measurement_to_model(self, y: torch.Tensor, op: LinearOperator, sigma_y: float):
-        """(y_z, sigma_z): the measurement of the model-space image z, where x = scale z + shift."""
+        """(y_z, sigma_z): the measurement of the model-space image z, where x = scale z + shift.
+
+        For a nonlinear ``op`` there is no such shift: y is returned as it is, and only
+        :meth:`measurement_fit` reads it."""
         p = self.prior
+        if is_nonlinear(op):
+            return y, sigma_y / p.scale
         ones = torch.ones((1, *op.in_shape), dtype=y.dtype, device=y.device)
         return (y - p.shift * op.A(ones)) / p.scale, sigma_y / p.scale
+
+    def measurement_fit(self, op, z: torch.Tensor, y_z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(r, g) at the model-space image ``z``: the residual ``r = y_z - A z`` (model units) and
+        ``g = -grad_z ||r||^2 / 2``, which is ``A^T r`` for a linear ``op``. For a nonlinear F,
+        ``r = (y - F(x)) / scale`` with ``x = scale z + shift`` and ``g = (dF/dx)^T r`` (autograd), the
+        same quantities in the same units (``y_z`` is then y itself, see :meth:`measurement_to_model`)."""
+        if not is_nonlinear(op):
+            r = y_z - op.A(z)
+            return r, op.At(r)
+        with torch.enable_grad():
+            zg = z.detach().requires_grad_(True)
+            r = (y_z - op(self.prior.to_image(zg))) / self.prior.scale
+            (g,) = torch.autograd.grad(r, zg, grad_outputs=-r.detach())
+        return r.detach(), g.detach()
 
     def noise_source(self, like: torch.Tensor, op: LinearOperator, generator: torch.Generator | None):
         """A function that draws standard normal noise in the shape of the restored batch,
@@ -224,17 +286,19 @@ class Solver:
         self, x: torch.Tensor, step: GridStep, callback: Callback | None = None, *, ve=False, need_grad=False
     ):
         """(x0, vjp): the prior's Tweedie estimate x0|t at the state ``x`` (VP, or VE if ``ve``) on the
-        grid step ``step``, reported as ``callback(step.i, x, x0 image)``, and ``v -> (dx0/dx)^T v``
+        grid step ``step``, reported to ``callback`` (:meth:`report`), and ``v -> (dx0/dx)^T v``
         when ``need_grad`` (one back-propagation through the network; else None). One NFE."""
         x0, vjp = x0_with_vjp(self.prior, x, step.t, ve=ve, need_grad=need_grad)
         self.report(callback, step.i, step.t, x, x0)
         return x0, vjp
 
     def report(self, callback: Callback | None, i: int, t, x_t: torch.Tensor, x0: torch.Tensor) -> None:
-        """Tell ``callback`` about step ``i`` (time ``t``, None for iterative methods): the state
-        ``x_t`` and the current estimate ``x0``, both in model space (image units without a prior)."""
+        """Tell ``callback`` about step ``i`` (time ``t``; None for iterative methods): the state
+        ``x_t`` and the current estimate ``x0``, both in model space (image units without a prior),
+        as ``callback({"step": i, "t": t, "x_t": x_t, "x0": x0 in image units})``
+        (:func:`diffinv.priors.steps.report_step`)."""
         if callback is not None:
-            callback(i, x_t, self.prior.to_image(x0) if self.prior is not None else x0)
+            report_step(callback, i, t, x_t, self.prior.to_image(x0) if self.prior is not None else x0)
 
     def time_grid(self, continuous: bool = False) -> TimeGrid:
         """The :class:`~diffinv.priors.steps.TimeGrid` of ``steps`` levels on the prior's schedule.

@@ -194,8 +194,7 @@ class FistaTV(Solver):
             u = x_new + (t / t_next) * (z - x_new) + ((t - 1.0) / t_next) * (x_new - x)
             x, t = x_new, t_next
             self.history.append(float(F_x.sum()))
-            if callback is not None:
-                callback(k, x, x)
+            self.report(callback, k, None, x, x)
         return x
 
 
@@ -218,5 +217,5 @@ class CGTikhonov(Solver):
     def _solve(self, y, op, sigma_y, generator, progress, callback):
         lam, tol = float(self.params["lam"]), float(self.params["tol"])
         steps = self.iterate(range(int(self.params["iters"])), progress)
-        report = None if callback is None else (lambda k, x: callback(k, x, x))
+        report = None if callback is None else (lambda k, x: self.report(callback, k, None, x, x))
         return cg(lambda p: op.At(op.A(p)) + lam * p, op.At(y), steps, tol, report)

@@ -251,8 +251,7 @@ class DDNM(Solver):
                 eps = eps_from_x0(x, x0_hat, s.ab_t)  # eps^, consistent with x^0|t
             elif eps is None:
                 eps = eps_from_x0(x, x0, s.ab_t)  # consistent with the (clamped) x0|t
-            if callback is not None:
-                callback(step, x, prior.to_image(x0_hat))
+            self.report(callback, step, s.t, x, x0_hat)
             x = math.sqrt(s.ab_prev) * x0_hat + c_eps * eps
             if noise is not None:
                 x = x + noise

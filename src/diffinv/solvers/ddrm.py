@@ -118,8 +118,7 @@ class DDRM(Solver):
             sig_t, sig_prev = step.sigma, step.sigma_prev
             x_t = math.sqrt(step.ab_t) * op.V(x_bar)  # VP state
             x0 = prior.x0(x_t, step.t)
-            if callback is not None:
-                callback(step.i, x_t, prior.to_image(x0))
+            self.report(callback, step.i, step.t, x_t, x0)
             x0_bar = op.Vt(x0)
             z = randn((B, n), generator, like)
             c = math.sqrt(max(1.0 - eta**2, 0.0))

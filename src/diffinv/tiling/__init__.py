@@ -114,12 +114,13 @@ Example
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import torch
 
 from ..errors import DiffinvError
 from ..operators.base import LinearOperator, check_tensor
+from ..priors.steps import Callback
+from ..solvers.base import SolveResult
 from .batch import NETWORK_GRADIENT_METHODS, TileProgress, can_batch, solve_together, solve_window, steps_hint
 from .known import KnownRegionOperator, KnownRegionSVDOperator, SoftKnownRegionOperator
 from .plan import (
@@ -139,7 +140,15 @@ from .plan import (
 DEFAULT_TILE_BATCH = 8
 
 
-def solve_tiled(
+def solve_tiled(solver, y: torch.Tensor, op: LinearOperator, *args, **kwargs) -> torch.Tensor:
+    """:func:`solve_windows` returning only the image; the totals go to ``solver.last_nfe``,
+    ``last_seconds`` and ``last_windows`` (the interface of a plain solver call)."""
+    r = solve_windows(solver, y, op, *args, **kwargs)
+    solver.last_nfe, solver.last_seconds, solver.last_windows = r.nfe, r.seconds, r.windows
+    return r.x
+
+
+def solve_windows(
     solver,
     y: torch.Tensor,
     op: LinearOperator,
@@ -148,18 +157,19 @@ def solve_tiled(
     overlap: int | None = None,
     known_weight: float = 1.0,
     progress: bool = False,
-    callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+    callback: Callback | None = None,
     final_projection: bool | None = None,
     tile_batch: int | None = None,
     commit_margin: int | None = None,
-) -> torch.Tensor:
+) -> SolveResult:
     """Restore a large image window by window with ``solver`` (a :class:`~diffinv.solvers.Solver`).
 
-    ``y`` is the measurement of the full operator ``op``; returns ``x`` (B, C, H, W) in image units.
-    Windows follow :func:`plan_tiles` (``overlap``, ``commit_margin``); window ``i`` is solved with
-    a generator seeded by ``window_seed(seed, i)``. Afterwards ``solver.last_nfe`` /
-    ``solver.last_seconds`` hold the totals over all windows (NFE counted per window, also when
-    windows share a network batch) and ``solver.last_windows`` their number.
+    ``y`` is the measurement of the full operator ``op``. Returns a
+    :class:`~diffinv.solvers.SolveResult`: ``x`` (B, C, H, W) in image units, the totals over all
+    windows (``nfe`` counted per window, also when windows share a network batch; ``seconds``),
+    the parameters the windows used and the number of ``windows``. Windows follow
+    :func:`plan_tiles` (``overlap``, ``commit_margin``); window ``i`` is solved with a generator
+    seeded by ``window_seed(seed, i)``.
 
     Batching: windows run in the order of :func:`tile_schedule`, up to ``tile_batch`` (default
     :data:`DEFAULT_TILE_BATCH`) at once. The windows of a batch are solved in lockstep, one thread
@@ -171,9 +181,10 @@ def solve_tiled(
     instances run one window at a time.
 
     ``progress``: one bar over the whole image (steps of all windows, with "window k/N" and an
-    ETA); the solvers' own per-window bars are off. ``callback(step, x_t, image)`` is called with a
-    running step count, the window's state and the full image so far with the window's current
-    estimate in place (from the windows' threads, one call at a time).
+    ETA); the solvers' own per-window bars are off. ``callback(event)`` receives the solver's dict
+    (:func:`diffinv.priors.steps.report_step`) with ``step`` a running count over all windows,
+    ``x0`` the full image so far with the window's current estimate in place, and ``window`` its
+    number (from the windows' threads, one call at a time).
 
     ``final_projection``: end with one whole-image range-space correction ``x + A^+ (y - A x)``
     (the full operator's own pseudo-inverse: FFT for deblur, separable for bicubic). By default
@@ -234,10 +245,7 @@ def solve_tiled(
         final_projection = not exact and float(sigma_y) == 0.0 and consistent
     if final_projection:
         out = out + op.pinv(y - op.A(out)).to(out.dtype)
-    solver.last_nfe = nfe
-    solver.last_seconds = time.perf_counter() - start
-    solver.last_windows = len(windows)
-    return out
+    return SolveResult(out, nfe, time.perf_counter() - start, dict(solver.params), len(windows))
 
 
 __all__ = [
@@ -253,6 +261,7 @@ __all__ = [
     "plan_tiles",
     "seam_ratio",
     "solve_tiled",
+    "solve_windows",
     "tile_schedule",
     "window_operator",
     "window_rule",

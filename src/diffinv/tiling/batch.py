@@ -76,7 +76,7 @@ class TileProgress:
         rows, cols = w.slices
         known = w.known.to(self.out.device)
 
-        def window_callback(step: int, x_t: torch.Tensor, x0_image: torch.Tensor) -> None:
+        def window_callback(event: dict) -> None:
             with self.lock:
                 self.batch_steps += 1
                 if self.bar is not None:
@@ -85,8 +85,8 @@ class TileProgress:
                     # the whole image so far, with this window's current estimate in place
                     preview = self.out.clone()
                     region = preview[:, :, rows, cols]
-                    preview[:, :, rows, cols] = torch.where(known, region, x0_image.to(preview.dtype))
-                    self.user_callback(self.calls, x_t, preview)
+                    preview[:, :, rows, cols] = torch.where(known, region, event["x0"].to(preview.dtype))
+                    self.user_callback({**event, "step": self.calls, "x0": preview, "window": w.number})
                 self.calls += 1
 
         return window_callback
