@@ -4,6 +4,7 @@ arguments, calls the library and reports). No torch at module level: see :mod:`d
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 from pathlib import Path
@@ -16,36 +17,31 @@ def _check_threads(threads: int | None) -> None:
         raise CLIError(f"--threads must be >= 1, got {threads}")
 
 
-def _set_threads(threads: int | None) -> int:
-    """Apply ``--threads`` (when given) and return the previous setting, to be restored."""
+@contextlib.contextmanager
+def _threads(threads: int | None):
+    """Run the body with ``--threads`` torch threads (when given), then restore the setting."""
     import torch
 
     _check_threads(threads)
     previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
-    return previous
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
-def _restore_threads(previous: int) -> None:
-    import torch
-
-    torch.set_num_threads(previous)
+def _from_args(args: argparse.Namespace, *names: str) -> dict:
+    """``{name: args.name}`` for the options a library function takes under the same names."""
+    return {name: getattr(args, name) for name in names}
 
 
 def _check_device(name: str):
-    """``torch.device(name)``, refused (one line) when unknown or not available here."""
-    import torch
+    """``--device``: refused (one line) when unknown or not available here."""
+    from .preflight import check_device
 
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError) as e:
-        raise CLIError(f"unknown device {name!r} ({_one_line(e)})") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CLIError(f"device {name!r} requested but CUDA is not available")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise CLIError(f"device {name!r} requested but MPS is not available")
-    return device
+    return check_device(name)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -58,19 +54,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     _check_device(args.device)
     from .demo import run_demo
 
-    previous = _set_threads(args.threads)
-    try:
-        run_demo(
-            out=args.out,
-            seed=args.seed,
-            quiet=args.quiet,
-            steps=args.steps,
-            fast=args.fast,
-            device=args.device,
-            threads=args.threads,
-        )
-    finally:
-        _restore_threads(previous)
+    with _threads(args.threads):
+        run_demo(**_from_args(args, "out", "seed", "quiet", "steps", "fast", "device", "threads"))
     return 0
 
 
@@ -164,29 +149,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     # One torch thread per process unless --threads: the thread count changes the rounding of
     # sums, and torchrun starts its processes with one thread (OMP_NUM_THREADS=1), so a fixed
     # count makes the results independent of the number of processes.
-    previous = _set_threads(args.threads)
-    try:
+    with _threads(args.threads):
         summary = evaluate(
             args.data,
             args.task,
             args.methods,
             args.out,
-            n=args.n,
-            crop=args.crop,
-            sigma_y=args.sigma_y,
-            steps=args.steps,
-            model=args.model,
-            seed=args.seed,
-            device=args.device,
-            overwrite=args.overwrite,
-            quiet=args.quiet,
-            window=args.window,
-            hu_offset=args.hu_offset,
-            resize=args.resize,
-            samples=args.samples,
+            **_from_args(args, "n", "crop", "sigma_y", "steps", "model", "seed", "device", "overwrite"),
+            **_from_args(args, "quiet", "window", "hu_offset", "resize", "samples"),
         )
-    finally:
-        _restore_threads(previous)
     if not args.quiet and int(os.environ.get("RANK", "0")) == 0:
         print((Path(args.out) / "results.md").read_text(encoding="utf-8"), end="")
         print(f"{len(summary)} method(s); per-image metrics, images and figures in {args.out}")
@@ -208,30 +179,20 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     # the checks that need no torch: a bad --out or a missing file fails in milliseconds
     check_arguments(args.inputs, args.task, args.method, **shared)
     _check_threads(args.threads)
-    previous = _set_threads(args.threads)
-    try:
+    with _threads(args.threads):
         restore_files(
             args.inputs,
             args.task,
             args.method,
-            model=args.model,
-            measured=args.measured,
-            device=args.device,
             progress=not args.quiet,
             on_record=None if args.quiet else _print_record,
             extra_config={"threads": args.threads, "quiet": args.quiet},
             warn=_warn_restore,
-            window=args.window,
-            hu_offset=args.hu_offset,
             slice_index=args.slice,
-            resize=args.resize,
-            tile_batch=args.tile_batch,
-            samples=args.samples,
-            save_samples=args.save_samples,
+            **_from_args(args, "model", "measured", "device", "window", "hu_offset", "resize", "tile_batch"),
+            **_from_args(args, "samples", "save_samples"),
             **shared,
         )
-    finally:
-        _restore_threads(previous)
     return 0
 
 

@@ -117,48 +117,39 @@ def solve(
     return solver.solve(y, op, sigma_y=sigma_y, generator=generator, progress=progress, callback=callback)
 
 
-def degrade_and_restore(
-    x: torch.Tensor,
-    task: str | LinearOperator,
-    method: str | solvers.Solver,
-    prior: Prior | None,
-    sigma_y: float = 0.0,
-    seed: int = 0,
-    steps: int | None = None,
-    progress: bool = False,
-    **kwargs,
-) -> Restoration:
-    """Degrade a clean image ``x`` (B, C, H, W) with ``task`` (+ noise sigma_y, seeded), restore, score.
+def degrade(
+    x: torch.Tensor, task, sigma_y: float = 0.0, seed: int = 0
+) -> tuple[LinearOperator, torch.Tensor]:
+    """(op, y): the operator of ``task`` for images like ``x`` (a spec is built with ``seed``) and
+    the measurement ``y = A x + sigma_y n``, the noise drawn from ``Generator().manual_seed(seed +
+    7919)`` so that every command measures the same y for the same seed."""
+    op = from_spec(task, tuple(x.shape[1:]), seed=seed) if isinstance(task, str) else task
+    return op, op.measure(x, sigma_y, generator=torch.Generator().manual_seed(int(seed) + 7919))
+
+
+def degrade_and_restore(x: torch.Tensor, task, method, prior, sigma_y=0.0, seed=0, **kwargs) -> Restoration:
+    """Degrade a clean image ``x`` (B, C, H, W) with ``task`` (a spec or an operator; + noise
+    ``sigma_y``, seeded: :func:`degrade`), restore it with ``method``, score: a :class:`Restoration`.
 
     ``method``: a built solver, or a name built with ``prior``, ``steps`` and the hyperparameters
-    in ``kwargs``; ``callback``, ``tile_overlap``, ``tile_batch`` go to :func:`solve`.
+    in ``kwargs``; ``progress``, ``callback``, ``tile_overlap``, ``tile_batch`` go to :func:`solve`.
     """
-    op = from_spec(task, tuple(x.shape[1:]), seed=seed) if isinstance(task, str) else task
-    y = op.measure(x, sigma_y, generator=torch.Generator().manual_seed(int(seed) + 7919))
-    return _restore(y, op, x, method, prior, sigma_y, seed, steps, progress, kwargs)
+    op, y = degrade(x, task, sigma_y, seed)
+    return _restore(y, op, x, method, prior, sigma_y, seed, kwargs)
 
 
-def restore_measured(
-    y: torch.Tensor,
-    op: LinearOperator,
-    method: str | solvers.Solver,
-    prior: Prior | None,
-    sigma_y: float = 0.0,
-    seed: int = 0,
-    steps: int | None = None,
-    progress: bool = False,
-    **kwargs,
-) -> Restoration:
-    """Restore from an observation ``y`` already in the operator's measurement space."""
-    return _restore(y, op, None, method, prior, sigma_y, seed, steps, progress, kwargs)
+def restore_measured(y: torch.Tensor, op, method, prior, sigma_y=0.0, seed=0, **kwargs) -> Restoration:
+    """Restore from an observation ``y`` already in the operator's measurement space (keywords as
+    :func:`degrade_and_restore`); the metrics are consistency only."""
+    return _restore(y, op, None, method, prior, sigma_y, seed, kwargs)
 
 
-_SOLVE_OPTIONS = ("callback", "tile_overlap", "tile_batch")
+_SOLVE_OPTIONS = ("progress", "callback", "tile_overlap", "tile_batch")
 
 
-def _restore(y, op, x_true, method, prior, sigma_y, seed, steps, progress, kwargs) -> Restoration:
+def _restore(y, op, x_true, method, prior, sigma_y, seed, kwargs) -> Restoration:
     options = {k: kwargs.pop(k) for k in _SOLVE_OPTIONS if k in kwargs}
-    solver = as_solver(method, prior, steps, **kwargs)
-    r = solve(y, op, solver, sigma_y, seed, progress, **options)
+    solver = as_solver(method, prior, kwargs.pop("steps", None), **kwargs)
+    r = solve(y, op, solver, sigma_y, seed, **options)
     metrics = score(r.x, x_true, op, y)
     return Restoration(r.x, y, op, r.nfe, r.seconds, x_true, metrics, r.params, r.windows)

@@ -322,48 +322,25 @@ def _score_samples(post: PosteriorSamples, x_true, op, y) -> tuple[dict, dict]:
     return score(post.mean, x_true, op, y), sample_metrics
 
 
-def degrade_and_sample(
-    x: torch.Tensor,
-    task,
-    method: str,
-    prior,
-    sigma_y: float = 0.0,
-    seed: int = 0,
-    steps: int | None = None,
-    n: int = 1,
-    batch: int | None = None,
-    progress: bool = False,
-    **params,
-) -> SampledRestoration:
+def degrade_and_sample(x: torch.Tensor, task, method, prior, sigma_y=0.0, seed=0, n=1, **kwargs):
     """:func:`diffinv.pipeline.degrade_and_restore` with ``n`` samples: the same operator and noisy
-    y for the same seed, then :func:`restore_samples`, scored (mean and per-sample)."""
-    from .operators import from_spec
+    y for the same seed (:func:`diffinv.pipeline.degrade`), then :func:`restore_samples` (which
+    takes the keywords: ``steps``, ``batch``, ``progress``, ...), scored (mean and per-sample): a
+    :class:`SampledRestoration`."""
+    from .pipeline import degrade
 
-    op = from_spec(task, tuple(x.shape[1:]), seed=seed) if isinstance(task, str) else task
-    y = op.measure(x, sigma_y, generator=torch.Generator().manual_seed(int(seed) + 7919))  # as the pipeline
-    return _sampled(y, op, x, method, prior, sigma_y, seed, steps, n, batch, progress, **params)
+    op, y = degrade(x, task, sigma_y, seed)
+    return _sampled(y, op, x, method, prior, sigma_y, seed, n, kwargs)
 
 
-def sample_measured(
-    y: torch.Tensor,
-    op,
-    method: str,
-    prior,
-    sigma_y: float = 0.0,
-    seed: int = 0,
-    steps: int | None = None,
-    n: int = 1,
-    batch: int | None = None,
-    progress: bool = False,
-    **params,
-) -> SampledRestoration:
+def sample_measured(y: torch.Tensor, op, method, prior, sigma_y=0.0, seed=0, n=1, **kwargs):
     """:func:`diffinv.pipeline.restore_measured` with ``n`` samples (consistency scored only)."""
-    return _sampled(y, op, None, method, prior, sigma_y, seed, steps, n, batch, progress, **params)
+    return _sampled(y, op, None, method, prior, sigma_y, seed, n, kwargs)
 
 
-def _sampled(y, op, x_true, method, prior, sigma_y, seed, steps, n, batch, progress, **params):
+def _sampled(y, op, x_true, method, prior, sigma_y, seed, n, kwargs) -> SampledRestoration:
     """``n`` samples of ``y``, scored against ``x_true`` (None: consistency only)."""
-    post, solver = restore_samples(y, op, method, prior, sigma_y, seed, steps, n, batch, progress, **params)
+    post, solver = restore_samples(y, op, method, prior, sigma_y, seed, n=n, **kwargs)
     metrics, sample_metrics = _score_samples(post, x_true, op, y)
     return SampledRestoration(
         post.mean,

@@ -114,3 +114,19 @@ def parse_params(items: Sequence[str] | None) -> dict:
                 raise DiffinvError(f"--param {key}: value must be finite, got {raw!r}")
         params[key] = value
     return params
+
+
+def check_device(name: str):
+    """``torch.device(name)``, refused with a one-line DiffinvError when unknown or not available
+    here (imports torch: call it after the torch-free checks)."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as e:
+        raise DiffinvError(f"unknown device {name!r} ({' '.join(str(e).split())})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DiffinvError(f"device {name!r} requested but CUDA is not available")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise DiffinvError(f"device {name!r} requested but MPS is not available")
+    return device

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from .catalog import parse_task
 from .errors import DiffinvError
+from .preflight import check_device as _check_device  # noqa: F401  (its name here before)
 from .preflight import check_input_files, check_output_dir, parse_params
 
 if TYPE_CHECKING:  # torch is imported where it is used, so that check_arguments is fast (no torch)
@@ -24,20 +25,6 @@ if TYPE_CHECKING:  # torch is imported where it is used, so that check_arguments
 
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
-
-
-def _check_device(name) -> torch.device:
-    import torch
-
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError) as e:
-        raise DiffinvError(f"unknown device {name!r} ({_one_line(e)})") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DiffinvError(f"device {name!r} requested but CUDA is not available")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise DiffinvError(f"device {name!r} requested but MPS is not available")
-    return device
 
 
 def _with_channels(t: torch.Tensor, want: int | None, path: Path, why: str) -> torch.Tensor:

@@ -254,24 +254,8 @@ def build_ui(app: AppState):
         task.change(on_task, [task, prior, method], [prior, method], queue=False, api_visibility="private")
         run.click(
             on_run,
-            [
-                file,
-                example,
-                mode,
-                task,
-                prior,
-                method,
-                steps,
-                noise,
-                samples,
-                seed,
-                window,
-                hu_offset,
-                slice_index,
-                resize,
-                mask_file,
-                brush,
-            ],
+            [file, example, mode, task, prior, method, steps, noise]  # on_run's parameters, in order
+            + [samples, seed, window, hu_offset, slice_index, resize, mask_file, brush],
             [status, measurement, restoration, uncertainty, metrics, downloads],
             concurrency_limit=app.max_waiting + 2,  # the JobQueue, not Gradio's queue, orders the jobs
             concurrency_id="restore",
