@@ -31,6 +31,16 @@ from .cli_commands import (
 from .cli_errors import CLIError, _one_line, _ParseError, _Parser
 from .errors import DiffinvError
 
+#: the longer help texts of ``restore``
+_HELP = {
+    "measured": "INPUT is the observation y (low-res photo for srK, gray photo for colorize, "
+    "damaged photo + --mask, .npy sinogram for ctN), not a clean image",
+    "window": "CT window mapping HU to [0, 1]: lung, soft-tissue, bone, brain, or CENTER,WIDTH in HU "
+    "(needed for DICOM and --hu-offset inputs; adds a .npy output in HU)",
+    "samples": "K posterior samples per input, batched: writes their mean, a std heatmap (+ .npy) and, "
+    "with a ground truth, an uncertainty figure [1]",
+}
+
 
 def build_parser() -> argparse.ArgumentParser:
     from .config import add_config_argument
@@ -47,12 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, default=None, help="diffusion steps of every method [the demo's]")
     demo.add_argument("--fast", action="store_true", help="2 steps per method: a smoke test, seconds")
     demo.add_argument("--device", default="cpu", help="torch device [cpu]")
-    demo.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch CPU threads [1: 64x64 images gain little from more, and lose a lot on shared cores]",
-    )
+    # one thread by default: 64x64 images gain little from more, and lose a lot on shared cores
+    demo.add_argument("--threads", type=int, default=1, help="torch CPU threads [1]")
     demo.add_argument("--quiet", action="store_true", help="no progress bars or table")
     add_config_argument(demo)
     demo.set_defaults(func=_cmd_demo)
@@ -73,25 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("--sigma-y", type=float, default=0.0, help="measurement noise std, [0, 1] units [0]")
     rs.add_argument("--seed", type=int, default=0, help="seed of masks, noise and the solver [0]")
     rs.add_argument("--out", default="out/restore", help="output folder [out/restore]")
-    rs.add_argument(
-        "--measured",
-        action="store_true",
-        help="INPUT is the observation y (low-res photo for srK, gray photo for colorize, "
-        "damaged photo + --mask, .npy sinogram for ctN), not a clean image",
-    )
+    rs.add_argument("--measured", action="store_true", help=_HELP["measured"])
     rs.add_argument("--mask", metavar="FILE", help="inpainting mask image, white = keep (task inpaint-mask)")
-    rs.add_argument(
-        "--window",
-        metavar="PRESET|C,W",
-        help="CT window mapping HU to [0, 1]: lung, soft-tissue, bone, brain, or CENTER,WIDTH in HU "
-        "(needed for DICOM and --hu-offset inputs; adds a .npy output in HU)",
-    )
-    rs.add_argument(
-        "--hu-offset",
-        type=float,
-        default=None,
-        help="16-bit PNG/TIFF/.npy inputs store HU + this (e.g. 1024)",
-    )
+    rs.add_argument("--window", metavar="PRESET|C,W", help=_HELP["window"])
+    rs.add_argument("--hu-offset", type=float, help="16-bit PNG/TIFF/.npy inputs store HU + this (e.g. 1024)")
     rs.add_argument(
         "--slice", type=int, default=None, metavar="K", help="slice K of a NIfTI volume (last axis)"
     )
@@ -110,21 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="solver hyperparameter, repeatable, e.g. --param eta=0.5 --param form=ve",
     )
-    rs.add_argument(
-        "--tile-batch",
-        type=int,
-        default=None,
-        metavar="N",
-        help="images larger than the prior: up to N windows per network batch [8]",
-    )
-    rs.add_argument(
-        "--samples",
-        type=int,
-        default=1,
-        metavar="K",
-        help="K posterior samples per input, batched: writes their mean, a std heatmap (+ .npy) and, "
-        "with a ground truth, an uncertainty figure [1]",
-    )
+    tile_help = "images larger than the prior: up to N windows per network batch [8]"
+    rs.add_argument("--tile-batch", type=int, metavar="N", help=tile_help)
+    rs.add_argument("--samples", type=int, default=1, metavar="K", help=_HELP["samples"])
     rs.add_argument(
         "--save-samples", action="store_true", help="with --samples K > 1: keep each sample's PNG"
     )
@@ -220,11 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--port", type=int, default=7860, help="port [7860]")
     sv.add_argument("--device", default="cpu", help="torch device of the jobs [cpu]")
     sv.add_argument(
-        "--queue",
-        type=int,
-        default=8,
-        metavar="N",
-        help="jobs that may wait for the device; more are refused [8]",
+        "--queue", type=int, default=8, metavar="N", help="jobs that may wait; more are refused [8]"
     )
     sv.add_argument("--threads", type=int, default=None, help="torch CPU threads [torch's default]")
     sv.set_defaults(func=_cmd_serve)

@@ -87,16 +87,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .train import TrainConfig, train
 
     cfg = TrainConfig(
-        data=args.data,
-        out=args.out,
-        size=args.size,
-        channels=args.channels,
-        steps=args.steps,
-        batch=args.batch,
-        lr=args.lr,
-        seed=args.seed,
-        device=args.device,
-        quiet=args.quiet,
+        **_from_args(
+            args, "data", "out", "size", "channels", "steps", "batch", "lr", "seed", "device", "quiet"
+        ),
         init_from=init_from,
         window=args.window or "",
         hu_offset=args.hu_offset,
@@ -168,14 +161,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_restore(args: argparse.Namespace) -> int:
     from .restore import check_arguments, restore_files  # (torch-free until restore_files runs)
 
-    shared = dict(
-        steps=args.steps,
-        sigma_y=args.sigma_y,
-        seed=args.seed,
-        out=args.out,
-        mask=args.mask,
-        params=args.param,
-    )
+    shared = dict(**_from_args(args, "steps", "sigma_y", "seed", "out", "mask"), params=args.param)
     # the checks that need no torch: a bad --out or a missing file fails in milliseconds
     check_arguments(args.inputs, args.task, args.method, **shared)
     _check_threads(args.threads)

@@ -34,44 +34,33 @@ from torch import nn
 
 from ..errors import DiffinvError
 
+#: what the released 256x256 checkpoints share (guided-diffusion's ``create_model`` vocabulary)
+_ADM256 = {
+    "image_size": 256,
+    "channel_mult": (1, 1, 2, 2, 4, 4),
+    "num_heads": 4,
+    "num_head_channels": 64,
+    "num_heads_upsample": -1,
+    "resblock_updown": True,
+    "use_scale_shift_norm": True,
+    "learn_sigma": True,
+    "class_cond": False,
+    "use_new_attention_order": False,
+    "dropout": 0.0,
+    "in_channels": 3,
+}
+
 #: Settings of the released checkpoints, in guided-diffusion's ``create_model`` vocabulary.
 ADM_CONFIGS: dict[str, dict] = {
     # guided-diffusion 256x256_diffusion_uncond.pt (ImageNet, unconditional), used by DDNM/DDRM/PiGDM.
     "imagenet256-uncond": {
-        "image_size": 256,
+        **_ADM256,
         "num_channels": 256,
         "num_res_blocks": 2,
-        "channel_mult": (1, 1, 2, 2, 4, 4),
         "attention_resolutions": "32,16,8",
-        "num_heads": 4,
-        "num_head_channels": 64,
-        "num_heads_upsample": -1,
-        "resblock_updown": True,
-        "use_scale_shift_norm": True,
-        "learn_sigma": True,
-        "class_cond": False,
-        "use_new_attention_order": False,
-        "dropout": 0.0,
-        "in_channels": 3,
     },
     # DPS's ffhq_10m.pt (FFHQ 256, unconditional).
-    "ffhq256": {
-        "image_size": 256,
-        "num_channels": 128,
-        "num_res_blocks": 1,
-        "channel_mult": (1, 1, 2, 2, 4, 4),
-        "attention_resolutions": "16",
-        "num_heads": 4,
-        "num_head_channels": 64,
-        "num_heads_upsample": -1,
-        "resblock_updown": True,
-        "use_scale_shift_norm": True,
-        "learn_sigma": True,
-        "class_cond": False,
-        "use_new_attention_order": False,
-        "dropout": 0.0,
-        "in_channels": 3,
-    },
+    "ffhq256": {**_ADM256, "num_channels": 128, "num_res_blocks": 1, "attention_resolutions": "16"},
 }
 
 #: file name (stem) of a released checkpoint -> key of :data:`ADM_CONFIGS`.

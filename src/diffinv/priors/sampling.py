@@ -4,6 +4,8 @@ All samplers draw every random number from the explicit ``generator`` (on the ge
 device, then moved), so a seed gives the same images on any device. They work in the prior's
 model space and return ``(n, C, H, W)`` images in [0, 1] (clamped unless ``clamp=False``).
 
+Keyword options of every sampler (:data:`OPTIONS`): ``callback``, ``progress`` (a tqdm bar),
+``clamp`` (to [0, 1]; default True), ``device`` (default the prior's), ``dtype`` (float32).
 ``callback`` is called after every step with a dict (:func:`~diffinv.priors.steps.report_step`):
 ``step`` (0-based), ``t``, ``x_t`` the current state (model space; VE state for
 :func:`ve_pc_sample`) and ``x0`` the current Tweedie estimate in [0, 1] image space (not clamped).
@@ -17,6 +19,9 @@ References
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
@@ -33,10 +38,26 @@ from .steps import (
     x0_from_eps,
 )
 
+#: the keyword options every sampler takes, with their defaults (see the module docstring)
+OPTIONS = {"callback": None, "progress": False, "clamp": True, "device": None, "dtype": torch.float32}
 
-def _setup(prior: Prior, n: int, generator: torch.Generator | None, device, dtype):
+
+class _Run(NamedTuple):
+    callback: Callback | None
+    progress: bool
+    clamp: bool
+    device: torch.device
+    randn: Callable[[], torch.Tensor]  # standard normal noise of the batch's shape
+
+
+def _setup(prior: Prior, n: int, generator: torch.Generator | None, options: dict) -> _Run:
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise DiffinvError(f"unknown sampler option(s) {unknown}; accepted: {sorted(OPTIONS)}")
+    o = {**OPTIONS, **options}
     if int(n) < 1:
         raise DiffinvError(f"n must be >= 1, got {n}")
+    device = o["device"]
     if device is None:
         p = next(iter(prior.parameters()), None)
         b = next(iter(prior.buffers()), None)
@@ -45,12 +66,12 @@ def _setup(prior: Prior, n: int, generator: torch.Generator | None, device, dtyp
         )
     device = torch.device(device)
     gen_device = generator.device if generator is not None else device
-    shape = (int(n), *prior.image_shape)
+    shape, dtype = (int(n), *prior.image_shape), o["dtype"]
 
     def randn() -> torch.Tensor:
         return torch.randn(shape, generator=generator, dtype=dtype, device=gen_device).to(device)
 
-    return device, randn
+    return _Run(o["callback"], bool(o["progress"]), bool(o["clamp"]), device, randn)
 
 
 def _iter(seq, progress: bool, desc: str):
@@ -74,12 +95,7 @@ def ddpm_sample(
     n: int,
     generator: torch.Generator | None = None,
     steps: int | None = None,
-    *,
-    callback: Callback | None = None,
-    progress: bool = False,
-    clamp: bool = True,
-    device=None,
-    dtype: torch.dtype = torch.float32,
+    **options,
 ) -> torch.Tensor:
     """Ancestral DDPM sampling (Ho et al. 2020, Alg. 2):
 
@@ -91,15 +107,16 @@ def ddpm_sample(
     where ``prev`` is the next visited timestep (``abar_prev = 1`` after the last one): the step is
     ``priors.steps.ddpm_step``. No noise is added at the last step.
     """
-    device, randn = _setup(prior, n, generator, device, dtype)
+    run = _setup(prior, n, generator, options)
+    callback, randn = run.callback, run.randn
     grid = TimeGrid(prior.schedule, prior.schedule.T if steps is None else steps)
     x = randn()
-    for s in _iter(grid, progress, "DDPM"):
+    for s in _iter(grid, run.progress, "DDPM"):
         eps = prior.eps(x, s.t)
         if callback is not None:
             report_step(callback, s.i, s.t, x, prior.to_image(x0_from_eps(x, eps, s.ab_t)))
         x = ddpm_step(x, eps, s.ab_t, s.ab_prev, None if s.last else randn())
-    return _finish(prior, x, clamp)
+    return _finish(prior, x, run.clamp)
 
 
 @torch.no_grad()
@@ -109,12 +126,7 @@ def ddim_sample(
     generator: torch.Generator | None = None,
     steps: int = 50,
     eta: float = 0.0,
-    *,
-    callback: Callback | None = None,
-    progress: bool = False,
-    clamp: bool = True,
-    device=None,
-    dtype: torch.dtype = torch.float32,
+    **options,
 ) -> torch.Tensor:
     """DDIM sampling (Song et al. 2021, eq. 12) on ``priors.steps.TimeGrid(prior.schedule, steps)``:
 
@@ -128,15 +140,16 @@ def ddim_sample(
     """
     if eta < 0:
         raise DiffinvError(f"eta must be >= 0, got {eta}")
-    device, randn = _setup(prior, n, generator, device, dtype)
+    run = _setup(prior, n, generator, options)
+    callback, randn = run.callback, run.randn
     x = randn()
     x0 = x
-    for s in _iter(TimeGrid(prior.schedule, steps), progress, "DDIM"):
+    for s in _iter(TimeGrid(prior.schedule, steps), run.progress, "DDIM"):
         eps = prior.eps(x, s.t)
         x0 = x0_from_eps(x, eps, s.ab_t)
         report_step(callback, s.i, s.t, x, prior.to_image(x0))
         x = ddim_step(x0, eps, s.ab_t, s.ab_prev, eta, randn() if eta > 0 and not s.last else None)
-    return _finish(prior, x0, clamp)
+    return _finish(prior, x0, run.clamp)
 
 
 @torch.no_grad()
@@ -147,12 +160,7 @@ def ve_pc_sample(
     steps: int | None = None,
     snr: float = 0.16,
     corrector_steps: int = 1,
-    *,
-    callback: Callback | None = None,
-    progress: bool = False,
-    clamp: bool = True,
-    device=None,
-    dtype: torch.dtype = torch.float32,
+    **options,
 ) -> torch.Tensor:
     """Predictor-corrector sampling of the VE SDE (Song et al. 2021, Alg. 2 with Alg. 4 corrector).
 
@@ -178,10 +186,11 @@ def ve_pc_sample(
     """
     if snr <= 0 or corrector_steps < 0:
         raise DiffinvError("snr must be > 0 and corrector_steps >= 0")
-    device, randn = _setup(prior, n, generator, device, dtype)
+    run = _setup(prior, n, generator, options)
+    callback, randn = run.callback, run.randn
     grid = TimeGrid(prior.schedule, prior.schedule.T if steps is None else steps)
     x = randn() * grid.sigmas[0]
-    for s in _iter(grid, progress, "VE-PC"):
+    for s in _iter(grid, run.progress, "VE-PC"):
         for _ in range(int(corrector_steps)):
             x = langevin_step(x, prior.score_ve(x, s.t), snr, randn(), norm="batch")
         if not s.last:
@@ -193,4 +202,4 @@ def ve_pc_sample(
             x0 = prior.x0_ve(x, s.t)
             if callback is not None:
                 report_step(callback, s.i, s.t, x, prior.to_image(x0))
-    return _finish(prior, x0, clamp)
+    return _finish(prior, x0, run.clamp)
