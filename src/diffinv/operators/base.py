@@ -269,7 +269,8 @@ class SVDOperator(LinearOperator):
 
     ``V``/``Vt`` map between image space ``(B, *in_shape)`` and spectral space ``(B, n)``;
     ``U``/``Ut`` map between measurement space ``(B, *out_shape)`` and ``(B, m)``. Both are
-    orthonormal. ``singulars()`` returns the ``k`` leading singular values (float64; may contain
+    orthonormal. ``U`` defaults to the identity (the measurement's own coordinates are its
+    spectral ones: denoise, colorize, sr<k>); operators with another ``U`` override both. ``singulars()`` returns the ``k`` leading singular values (float64; may contain
     zeros). The defaults of :meth:`_A`, :meth:`_At` and :meth:`_pinv` are derived from the SVD;
     subclasses usually override them with direct (faster) formulas.
 
@@ -301,10 +302,12 @@ class SVDOperator(LinearOperator):
         raise NotImplementedError
 
     def U(self, z: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        check_tensor(z, (self.m,), "z", f"for {self.name}.U")
+        return z.reshape(z.shape[0], *self.out_shape).clone()
 
     def Ut(self, y: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        check_tensor(y, self.out_shape, "y", f"for {self.name}.Ut")
+        return y.reshape(y.shape[0], -1).clone()
 
     def singulars_like(self, like: torch.Tensor) -> torch.Tensor:
         """``singulars()`` cast to ``like``'s dtype/device."""
@@ -322,40 +325,31 @@ class SVDOperator(LinearOperator):
     def spectral_view(self, like: torch.Tensor):
         return self.singulars_full(like), self.Vt, self.V
 
+    @staticmethod
+    def _scaled(c: torch.Tensor, d: torch.Tensor, size: int, back) -> torch.Tensor:
+        """``back(pad(c[:, :k] * d))``: the spectral coordinates ``c`` scaled by the k values ``d``,
+        zero-padded to ``size`` and mapped back (by ``U`` or ``V``)."""
+        k = d.numel()
+        out = torch.zeros((c.shape[0], size), dtype=c.dtype, device=c.device)
+        out[:, :k] = c[:, :k] * d
+        return back(out)
+
     def _damped_pinv(self, r: torch.Tensor, gamma: float) -> torch.Tensor:
         """``V diag(s / (s^2 + gamma)) U^T r`` exactly."""
         s = self.singulars_like(r)
-        k = s.numel()
-        z = self.Ut(r)[:, :k] * (s / (s * s + gamma))
-        out = torch.zeros((r.shape[0], self.n), dtype=r.dtype, device=r.device)
-        out[:, :k] = z
-        return self.V(out)
+        return self._scaled(self.Ut(r), s / (s * s + gamma), self.n, self.V)
 
     def _A(self, x: torch.Tensor) -> torch.Tensor:
-        s = self.singulars_like(x)
-        k = s.numel()
-        z = self.Vt(x)[:, :k] * s
-        out = torch.zeros((x.shape[0], self.m), dtype=x.dtype, device=x.device)
-        out[:, :k] = z
-        return self.U(out)
+        return self._scaled(self.Vt(x), self.singulars_like(x), self.m, self.U)
 
     def _At(self, y: torch.Tensor) -> torch.Tensor:
-        s = self.singulars_like(y)
-        k = s.numel()
-        z = self.Ut(y)[:, :k] * s
-        out = torch.zeros((y.shape[0], self.n), dtype=y.dtype, device=y.device)
-        out[:, :k] = z
-        return self.V(out)
+        return self._scaled(self.Ut(y), self.singulars_like(y), self.n, self.V)
 
     def _pinv(self, y: torch.Tensor) -> torch.Tensor:
         s = self.singulars_like(y)
-        k = s.numel()
         keep = s.abs() > self.pinv_threshold * s.abs().max()
         s_inv = torch.where(keep, 1.0 / torch.where(keep, s, torch.ones_like(s)), torch.zeros_like(s))
-        z = self.Ut(y)[:, :k] * s_inv
-        out = torch.zeros((y.shape[0], self.n), dtype=y.dtype, device=y.device)
-        out[:, :k] = z
-        return self.V(out)
+        return self._scaled(self.Ut(y), s_inv, self.n, self.V)
 
 
 def dense_matrix(op: LinearOperator, dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:

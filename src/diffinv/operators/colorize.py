@@ -90,11 +90,3 @@ class Colorize(SVDOperator):
         check_tensor(z, (self.n,), "z", f"for {self.name}.V")
         z = z.reshape(z.shape[0], *self.in_shape)
         return torch.einsum("ij,bihw->bjhw", self._const("basis", z), z)
-
-    def Ut(self, y: torch.Tensor) -> torch.Tensor:
-        check_tensor(y, self.out_shape, "y", f"for {self.name}.Ut")
-        return y.reshape(y.shape[0], -1).clone()
-
-    def U(self, z: torch.Tensor) -> torch.Tensor:
-        check_tensor(z, (self.m,), "z", f"for {self.name}.U")
-        return z.reshape(z.shape[0], *self.out_shape).clone()

@@ -177,24 +177,15 @@ class BlockRandomCS(SVDOperator):
 
     def _tiles(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W) -> (B, C, th, tw, b*b)``."""
-        C = self.in_shape[0]
-        th, tw = self.tiles
-        b = self.block
-        return (
-            x.reshape(x.shape[0], C, th, b, tw, b)
-            .permute(0, 1, 2, 4, 3, 5)
-            .reshape(x.shape[0], C, th, tw, b * b)
-        )
+        (th, tw), b = self.tiles, self.block
+        blocks = x.reshape(x.shape[0], self.in_shape[0], th, b, tw, b).permute(0, 1, 2, 4, 3, 5)
+        return blocks.reshape(x.shape[0], self.in_shape[0], th, tw, b * b)
 
     def _untiles(self, t: torch.Tensor) -> torch.Tensor:
-        C = self.in_shape[0]
-        th, tw = self.tiles
-        b = self.block
-        return (
-            t.reshape(t.shape[0], C, th, tw, b, b)
-            .permute(0, 1, 2, 4, 3, 5)
-            .reshape(t.shape[0], *self.in_shape)
-        )
+        """``(B, C, th, tw, b*b) -> (B, C, H, W)``, the inverse of :meth:`_tiles`."""
+        (th, tw), b = self.tiles, self.block
+        blocks = t.reshape(t.shape[0], self.in_shape[0], th, tw, b, b).permute(0, 1, 2, 4, 3, 5)
+        return blocks.reshape(t.shape[0], *self.in_shape)
 
     def _A(self, x: torch.Tensor) -> torch.Tensor:
         Qk = self._const("Q", x)[: self.per_block]

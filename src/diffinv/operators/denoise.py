@@ -7,7 +7,7 @@ import math
 import torch
 
 from ._common import F64, check_image_shape
-from .base import Region, SVDOperator, WindowRule, check_tensor
+from .base import Region, SVDOperator, WindowRule
 
 
 class Denoise(SVDOperator):
@@ -49,18 +49,9 @@ class Denoise(SVDOperator):
     def restrict_window(self, region: Region) -> tuple[Denoise, Region]:
         return Denoise((self.in_shape[0], region[2], region[3])), region
 
+    # A = I: V = U = I (the base class's U, Ut), as image and measurement have the same shape
     def Vt(self, x: torch.Tensor) -> torch.Tensor:
-        check_tensor(x, self.in_shape, "x", f"for {self.name}.Vt")
-        return x.reshape(x.shape[0], -1).clone()
+        return self.Ut(x)
 
     def V(self, z: torch.Tensor) -> torch.Tensor:
-        check_tensor(z, (self.n,), "z", f"for {self.name}.V")
-        return z.reshape(z.shape[0], *self.in_shape).clone()
-
-    def Ut(self, y: torch.Tensor) -> torch.Tensor:
-        check_tensor(y, self.out_shape, "y", f"for {self.name}.Ut")
-        return y.reshape(y.shape[0], -1).clone()
-
-    def U(self, z: torch.Tensor) -> torch.Tensor:
-        check_tensor(z, (self.m,), "z", f"for {self.name}.U")
-        return z.reshape(z.shape[0], *self.out_shape).clone()
+        return self.U(z)

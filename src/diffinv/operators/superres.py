@@ -96,14 +96,6 @@ class SuperResolution(SVDOperator):
         coef = z.reshape(z.shape[0], self.factor**2, C, h, w).permute(0, 2, 3, 4, 1)
         return self._unblocks(coef @ self._const("basis", z))
 
-    def Ut(self, y: torch.Tensor) -> torch.Tensor:
-        check_tensor(y, self.out_shape, "y", f"for {self.name}.Ut")
-        return y.reshape(y.shape[0], -1).clone()
-
-    def U(self, z: torch.Tensor) -> torch.Tensor:
-        check_tensor(z, (self.m,), "z", f"for {self.name}.U")
-        return z.reshape(z.shape[0], *self.out_shape).clone()
-
 
 # ------------------------------------------------------------------------------------ bicubic
 def keys_cubic(t: np.ndarray, a: float = -0.5) -> np.ndarray:

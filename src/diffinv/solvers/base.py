@@ -180,16 +180,22 @@ class Solver:
                 f"(methods that handle it: {', '.join(svd_free)})"
             )
 
-    def __call__(
-        self,
-        y: torch.Tensor,
-        op: LinearOperator,
-        sigma_y: float = 0.0,
-        generator: torch.Generator | None = None,
-        progress: bool = False,
-        callback: Callback | None = None,
-    ) -> torch.Tensor:
-        """Restore ``x`` (B, C, H, W) in [0, 1] units from ``y = A x + sigma_y n``."""
+    def __call__(self, y: torch.Tensor, op: LinearOperator, *args, **kwargs) -> torch.Tensor:
+        """Restore ``x`` (B, C, H, W) in [0, 1] units from ``y = A x + sigma_y n``: the image of
+        :meth:`solve` (same arguments)."""
+        return self.solve(y, op, *args, **kwargs).x
+
+    def solve(
+        self, y: torch.Tensor, op: LinearOperator, sigma_y=0.0, generator=None, progress=False, callback=None
+    ) -> SolveResult:
+        """Restore ``x`` from ``y = A x + sigma_y n`` (``sigma_y`` in [0, 1] image units): a
+        :class:`SolveResult` (image, NFE, seconds, params). Randomness from ``generator`` (a
+        ``torch.Generator``); ``progress``: a tqdm bar; ``callback``: called with a dict per step
+        (:meth:`report`).
+
+        >>> r = solvers.get("pinv").solve(y, op)        # doctest: +SKIP
+        >>> r.x.shape, r.nfe, r.seconds                   # doctest: +SKIP
+        """
         check_tensor(y, op.out_shape, "y", f"for operator {op.name}")
         if not torch.isfinite(y).all():
             raise DiffinvError("y contains NaN or Inf values")
@@ -212,23 +218,6 @@ class Solver:
             x = self._solve(y, op, sigma_y, generator, progress, callback)
         self.last_seconds = time.perf_counter() - start
         self.last_nfe = self.prior.nfe if self.prior is not None else 0
-        return x
-
-    def solve(
-        self,
-        y: torch.Tensor,
-        op: LinearOperator,
-        sigma_y: float = 0.0,
-        generator: torch.Generator | None = None,
-        progress: bool = False,
-        callback: Callback | None = None,
-    ) -> SolveResult:
-        """As calling the solver, but returns a :class:`SolveResult` (image, NFE, seconds, params).
-
-        >>> r = solvers.get("pinv").solve(y, op)        # doctest: +SKIP
-        >>> r.x.shape, r.nfe, r.seconds                   # doctest: +SKIP
-        """
-        x = self(y, op, sigma_y=sigma_y, generator=generator, progress=progress, callback=callback)
         return SolveResult(x, self.last_nfe, self.last_seconds, dict(self.params))
 
     def _solve(self, y, op, sigma_y, generator, progress, callback) -> torch.Tensor:
