@@ -165,22 +165,12 @@ def build_ui(app: AppState):
                 method = gr.Dropdown(
                     options.fitting_methods("sr4"), value="ddnm", label="method", elem_id="method"
                 )
-                steps = gr.Slider(
-                    0,
-                    options.MAX_STEPS,
-                    value=20,
-                    step=1,
-                    label="steps (0: the method's default)",
-                    elem_id="steps",
-                )
+                steps_label = "steps (0: the method's default)"
+                steps = gr.Slider(0, options.MAX_STEPS, value=20, step=1, label=steps_label, elem_id="steps")
                 noise = gr.Slider(0, 0.2, value=0.0, step=0.005, label="noise sigma_y", elem_id="noise")
+                samples_label = "samples (K > 1: their mean and an uncertainty map)"
                 samples = gr.Slider(
-                    1,
-                    options.MAX_SAMPLES,
-                    value=1,
-                    step=1,
-                    label="samples (K > 1: their mean and an uncertainty map)",
-                    elem_id="samples",
+                    1, options.MAX_SAMPLES, value=1, step=1, label=samples_label, elem_id="samples"
                 )
                 seed = gr.Number(0, precision=0, label="seed", elem_id="seed")
                 resize = gr.Checkbox(False, label="resize to the prior's size (64x64)", elem_id="resize")

@@ -123,14 +123,6 @@ class WalshHadamardCS(SVDOperator):
         coef = z[:, self.iorder.to(z.device)].reshape(z.shape[0], *self.in_shape)
         return fwht2(coef)
 
-    def Ut(self, y: torch.Tensor) -> torch.Tensor:
-        check_tensor(y, self.out_shape, "y", f"for {self.name}.Ut")
-        return y.clone()
-
-    def U(self, z: torch.Tensor) -> torch.Tensor:
-        check_tensor(z, (self.m,), "z", f"for {self.name}.U")
-        return z.clone()
-
 
 def random_orthogonal(d: int, generator: torch.Generator | int | None = 0) -> torch.Tensor:
     """A seeded random ``(d, d)`` float64 orthogonal matrix: QR of a Gaussian matrix with the signs
@@ -214,11 +206,3 @@ class BlockRandomCS(SVDOperator):
         rest = z[:, self.m :].reshape(B, C, *self.tiles, bb - mb)
         coef = torch.cat([kept, rest], dim=-1)
         return self._untiles(coef @ self._const("Q", z))
-
-    def Ut(self, y: torch.Tensor) -> torch.Tensor:
-        check_tensor(y, self.out_shape, "y", f"for {self.name}.Ut")
-        return y.clone()
-
-    def U(self, z: torch.Tensor) -> torch.Tensor:
-        check_tensor(z, (self.m,), "z", f"for {self.name}.U")
-        return z.clone()

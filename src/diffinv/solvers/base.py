@@ -223,21 +223,12 @@ class Solver:
     def _solve(self, y, op, sigma_y, generator, progress, callback) -> torch.Tensor:
         raise NotImplementedError
 
-    def sample(
-        self,
-        y: torch.Tensor,
-        op: LinearOperator,
-        n: int = 1,
-        sigma_y: float = 0.0,
-        generator: torch.Generator | None = None,
-        batch: int | None = None,
-        **kwargs,
-    ):
+    def sample(self, y: torch.Tensor, op: LinearOperator, n: int = 1, sigma_y=0.0, generator=None, **kwargs):
         """``n`` samples per image of ``y``, batched, with mean / std / quantiles: a
         :class:`diffinv.posterior.PosteriorSamples` (see :func:`diffinv.posterior.sample`)."""
         from ..posterior import sample  # (posterior imports nothing from here: no cycle)
 
-        return sample(self, y, op, n=n, sigma_y=sigma_y, generator=generator, batch=batch, **kwargs)
+        return sample(self, y, op, n=n, sigma_y=sigma_y, generator=generator, **kwargs)
 
     # ------------------------------------------------------------------ helpers for subclasses
     def measurement_to_model(self, y: torch.Tensor, op: LinearOperator, sigma_y: float):
