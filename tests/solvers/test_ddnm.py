@@ -273,7 +273,9 @@ def test_determinism_and_callback():
     _, y = make_measurement(op, prior, 0.0, seed=14, batch=2)
     calls = []
     solver = solvers.get("ddnm", prior, steps=10)
-    a = solver(y, op, generator=gen(8), callback=lambda e: calls.append((e["step"], e["x_t"].shape, e["x0"].shape)))
+    a = solver(
+        y, op, generator=gen(8), callback=lambda e: calls.append((e["step"], e["x_t"].shape, e["x0"].shape))
+    )
     b = solver(y, op, generator=gen(8))
     c = solver(y, op, generator=gen(9))
     assert torch.equal(a, b)
@@ -330,9 +332,9 @@ class _AffineEps(torch.nn.Module):
 def _reference_ddnm(prior, op, y, steps, eta, seed, clip):
     """DDNM's noiseless update written out (the authors' code when ``clip`` is False):
 
-        x0 = (x_t - sqrt(1 - ab) eps) / sqrt(ab)      (clip: clamped to [-1, 1], eps rebuilt from it)
-        x0^ = x0 - A^+ (A x0 - y)
-        x_t' = sqrt(ab') x0^ + eta sqrt(1 - ab') z + sqrt(1 - ab') sqrt(1 - eta^2) eps
+    x0 = (x_t - sqrt(1 - ab) eps) / sqrt(ab)      (clip: clamped to [-1, 1], eps rebuilt from it)
+    x0^ = x0 - A^+ (A x0 - y)
+    x_t' = sqrt(ab') x0^ + eta sqrt(1 - ab') z + sqrt(1 - ab') sqrt(1 - eta^2) eps
     """
     g = torch.Generator().manual_seed(seed)
     ab_table = prior.schedule.alphas_cumprod
@@ -373,3 +375,24 @@ def test_clip_x0_false_is_the_authors_update(steps):
     assert (raw - clamped).abs().max() > 1e-3  # the clamp is active on this network
     with pytest.raises(ValueError, match="clip_x0"):
         solvers.get("ddnm", prior, clip_x0=1)
+
+
+def test_spacing_switch_gives_the_authors_grid():
+    """``spacing="skip"`` visits t_i = i * (T // S) (the DDNM code), also when S does not divide T;
+    the default agrees with it when S divides T; an unknown rule is refused."""
+    from diffinv.operators import from_spec
+    from diffinv.priors.steps import grid_times
+
+    prior = correlated_prior((1, 4, 4))
+    seen = {}
+    for spacing in ("skip", "skip-or-linspace"):
+        solver = solvers.get("ddnm", prior, steps=3, spacing=spacing)
+        events = []
+        solver(torch.zeros(1, 1, 4, 4), from_spec("denoise", (1, 4, 4)), callback=events.append)
+        seen[spacing] = [int(e["t"]) for e in events]
+    T = prior.schedule.T
+    assert seen["skip"] == [2 * (T // 3), T // 3, 0]
+    assert seen["skip-or-linspace"] == sorted(grid_times(T, 3).tolist(), reverse=True)
+    assert seen["skip-or-linspace"][0] == T - 1
+    with pytest.raises(ValueError, match="spacing"):
+        solvers.get("ddnm", prior, spacing="uniform")

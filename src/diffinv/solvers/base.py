@@ -37,7 +37,7 @@ from ..families import family as operator_family
 from ..operators.base import LinearOperator, check_tensor
 from ..operators.nonlinear import is_nonlinear
 from ..priors.base import Prior
-from ..priors.steps import Callback, GridStep, TimeGrid, report_step
+from ..priors.steps import SPACING, Callback, GridStep, TimeGrid, report_step
 from ._guidance import x0_with_vjp
 
 _REGISTRY: dict[str, type[Solver]] = {}
@@ -287,7 +287,10 @@ class Solver:
         the times are training levels; beyond, equally spaced continuous times whose sigmas are
         interpolated in log sigma, so the step count is bounded only by ``MAX_VE_STEPS``.
         """
-        return TimeGrid(self.prior.schedule, int(self.params["steps"]), continuous=continuous)
+        spacing = self.params.get("spacing", SPACING)  # a parameter of the solvers that offer it
+        return TimeGrid(
+            self.prior.schedule, int(self.params["steps"]), continuous=continuous, spacing=spacing
+        )
 
     def iterate(self, seq, progress: bool, desc: str | None = None):
         if not progress:

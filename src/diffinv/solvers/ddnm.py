@@ -101,7 +101,8 @@ Deviations from the authors' code (github.com/wyhuai/DDNM: ``functions/svd_ddnm.
   operator, schedule and x_T) the clamp was the whole difference (solver_notes.md).
 * Time grid: ours is ``priors.steps.grid_times``; theirs is t_i = i * skip, skip = T // S. The two
   agree when S divides T (100 steps: 990, ..., 10, 0); otherwise ours is round(linspace(0, T - 1, S))
-  and starts at T - 1 (3 steps: 999, 500, 0 against their 666, 333, 0).
+  and starts at T - 1 (3 steps: 999, 500, 0 against their 666, 333, 0). ``spacing="skip"`` gives
+  theirs for every step count: with ``clip_x0=False`` and ``noise="ddnm"`` that is their update.
 * ``noise="ddim"`` is ours; ``"ddnm"`` is their update (the paper's Algorithm 1 writes the DDPM
   posterior instead).
 * DDNM+ (sigma_y > 0): their SVD path compares s_i sigma_t with a_t sigma_y using
@@ -137,7 +138,15 @@ import math
 import torch
 
 from ..errors import DiffinvError
-from ..priors.steps import VARIANCES, ddim_coefficients, eps_from_x0, forward_jump, x0_from_eps
+from ..priors.steps import (
+    SPACING,
+    SPACINGS,
+    VARIANCES,
+    ddim_coefficients,
+    eps_from_x0,
+    forward_jump,
+    x0_from_eps,
+)
 from .base import Solver, register
 
 #: the ``noise`` modes: the parametrisations of ``priors.steps.ddim_coefficients``
@@ -150,7 +159,7 @@ class DDNM(Solver):
 
     name = "ddnm"
     description = "DDNM (Wang et al. 2022): range-null-space projection of x0|t each step; exact A x = y"
-    defaults = {"steps": 100, "eta": 0.85, "noise": "ddnm", "clip_x0": True}
+    defaults = {"steps": 100, "eta": 0.85, "noise": "ddnm", "clip_x0": True, "spacing": SPACING}
     #: per operator family (``Solver.task_defaults``; DDNM+ inherits them). CT: 50 steps, chosen on
     #: the validation split of benchmarks/ct.py (benchmarks/results/solver_notes.md, DDNM).
     task_defaults = {"ct": {"steps": 50}}
@@ -158,6 +167,8 @@ class DDNM(Solver):
 
     def validate_params(self) -> None:
         super().validate_params()
+        if self.params["spacing"] not in SPACINGS:
+            raise DiffinvError(f"spacing must be one of {SPACINGS}, got {self.params['spacing']!r}")
         if self.params["noise"] not in _NOISE_MODES:
             raise DiffinvError(f"noise must be one of {_NOISE_MODES}, got {self.params['noise']!r}")
         if not isinstance(self.params["clip_x0"], bool):
@@ -283,6 +294,7 @@ class DDNMPlus(DDNM):
         "eta": None,
         "noise": "ddnm",
         "clip_x0": True,
+        "spacing": SPACING,
         "travel_length": 0,
         "travel_repeat": 1,
     }
