@@ -170,3 +170,30 @@ def test_train_reads_dicom_slices_through_the_window(tmp_path, write_dicom):
     np.testing.assert_allclose(crops.images[0][..., 0].numpy() / 255.0, expected, atol=0.5 / 255 + 1e-9)
     with pytest.raises(ValueError, match="holds Hounsfield units"):
         ImageFolderCrops(str(data), 64, 1)
+
+
+def test_nifti_volumes_count_as_their_slices_in_eval_and_train(tmp_path):
+    """A folder with a 3-slice NIfTI volume (HU) and a PNG: ``eval`` sees 4 images (the volume's
+    slices in order, each windowed exactly like ``load_slice``), ``train``'s stream holds them all."""
+    import torch
+
+    from diffinv.data.medical import load_slice, parse_window
+    from diffinv.data.training import ImageFolderCrops
+    from diffinv.eval_items import load_items
+
+    hu = np.stack([_phantom_hu(32) + 40.0 * k for k in range(3)], axis=-1).astype(np.float32)
+    nibabel.Nifti1Image(hu, np.eye(4)).to_filename(str(tmp_path / "vol.nii.gz"))
+    Image.fromarray(np.full((32, 32), 128, np.uint8)).save(tmp_path / "zz.png")
+    window = "soft-tissue"
+    items = load_items(str(tmp_path), None, 32, 1, 0, {"window": window, "resize": True})
+    assert [it.name for it in items] == ["0000_vol_z000", "0001_vol_z001", "0002_vol_z002", "0003_zz"]
+    w = parse_window(window)
+    for k in range(3):
+        expected = torch.from_numpy(np.clip(w.to_unit(hu[..., k].astype(np.float64)), 0, 1)).float()
+        torch.testing.assert_close(items[k].x[0, 0], expected, rtol=0, atol=1e-6)
+        x, info = load_slice(tmp_path / "vol.nii.gz", window, slice_index=k)
+        torch.testing.assert_close(items[k].x, x, rtol=0, atol=1e-6)
+    assert items[1].x.mean() > items[0].x.mean()  # slice 1 is 40 HU brighter
+    assert len(load_items(str(tmp_path), 2, 32, 1, 0, {"window": window, "resize": True})) == 2
+    stream = ImageFolderCrops(str(tmp_path), 32, 1, window=window)
+    assert len(stream.images) == 4  # 3 slices + the PNG, each at full size only (half is 16 px)

@@ -3,8 +3,9 @@
 Rows: the 64x64 face crop (``assets/images/face_189080.png``, Berkeley data set; a face the
 prior never saw, from another data set) with 4x super-resolution (``sr4``), box inpainting
 (``inpaint-box``) and colorization (``colorize``) on the shipped face prior ``faces-64`` (CelebA;
-it restores this face closer than ``natural-64`` does, by LPIPS most of all), and the 64x64 Shepp-Logan phantom from 30 views (``ct30``) on
-``ct-ellipses-64``. Columns: the measurement (the CT sinogram min-max scaled, each view stretched
+it restores this face closer than ``natural-64`` does, by LPIPS most of all), the 64x64 Shepp-Logan phantom from 30 views (``ct30``) on
+``ct-ellipses-64``, and a real chest CT slice (TCIA, a patient no prior saw) from 18 views
+(``ct18``) on ``ct-chest-64`` (MCG in its VP form there). Columns: the measurement (the CT sinogram min-max scaled, each view stretched
 to a band), the pseudo-inverse baseline (filtered back-projection for CT), DDNM, MCG (the VP form
 for the natural tasks, the VE predictor-corrector form for CT, as in the paper) and the ground
 truth, with the PSNR under each restoration. Everything is noiseless (``sigma_y = 0``) and seeded.
@@ -51,17 +52,28 @@ DEMO_TASKS = [
     ("inpaint-box", "natural", "y: box removed"),
     ("colorize", "natural", "y: gray"),
     ("ct30", "ct", "y: sinogram 30 views"),
+    ("ct18", "ct_real", "y: sinogram 18 views"),
 ]
-PRIOR_FOR = {"natural": "faces-64", "ct": "ct-ellipses-64"}
+PRIOR_FOR = {"natural": "faces-64", "ct": "ct-ellipses-64", "ct_real": "ct-chest-64"}
+#: a real chest CT slice (TCIA; soft-tissue window), of a patient no shipped prior was trained on
+REAL_CT_IMAGE = ASSETS / "images" / "ct_chest_tcia_64.png"
 
 #: (column label, solver name, extra solver parameters) per image kind.
 DEMO_METHODS = {
     "natural": [("pinv", "pinv", {}), ("DDNM", "ddnm", {}), ("MCG", "mcg", {})],
     "ct": [("FBP", "pinv", {}), ("DDNM", "ddnm", {}), ("MCG (VE)", "mcg", {"form": "ve"})],
+    "ct_real": [("FBP", "pinv", {}), ("DDNM", "ddnm", {}), ("MCG", "mcg", {})],
 }
 
 #: Diffusion steps per (image kind, solver), measured to keep the demo fast on 2 CPU cores.
-DEMO_STEPS = {("natural", "ddnm"): 100, ("natural", "mcg"): 50, ("ct", "ddnm"): 100, ("ct", "mcg"): 100}
+DEMO_STEPS = {
+    ("natural", "ddnm"): 100,
+    ("natural", "mcg"): 50,
+    ("ct", "ddnm"): 100,
+    ("ct", "mcg"): 100,
+    ("ct_real", "ddnm"): 50,  # the CT defaults of benchmarks/ct_real.py
+    ("ct_real", "mcg"): 25,
+}
 #: Steps of every diffusion method with ``fast=True`` (a smoke test, not a restoration).
 FAST_STEPS = 2
 #: CG iterations of the CT pseudo-inverse, if the operator uses CG (see the module docstring).
@@ -135,6 +147,7 @@ def run_demo(
     images = {
         "natural": load_image(NATURAL_IMAGE, channels=3).to(dev),
         "ct": shepp_logan(64).to(dev),
+        "ct_real": load_image(REAL_CT_IMAGE, channels=1).to(dev),
     }
     on = None if dev.type == "cpu" else dev  # (moving a model to the CPU it is on only makes diffusers warn)
     loaded = {kind: priors.load(name, device=on) for kind, name in PRIOR_FOR.items()}
@@ -144,7 +157,7 @@ def run_demo(
     for spec, kind, y_label in DEMO_TASKS:
         x = images[kind]
         op = from_spec(spec, tuple(x.shape[1:]), seed=seed)
-        if kind == "ct":
+        if kind.startswith("ct"):
             op.cg_iters = CT_CG_ITERS
         row, y = [], None
         for label, method, params in DEMO_METHODS[kind]:

@@ -14,6 +14,9 @@ import torch
 from .data.io import IMAGE_SUFFIXES, load_image
 from .errors import DiffinvError
 
+#: what an evaluation folder may hold: images, DICOM slices, NIfTI slices or volumes
+DATA_SUFFIXES = (*IMAGE_SUFFIXES, ".dcm", ".nii", ".nii.gz")
+
 #: generator seeds of evaluation phantoms start here, far from the (seed * 1_000_003 + step)
 #: seeds ``diffinv train`` draws its training phantoms from, so evaluation images are held out.
 HELD_OUT_SEED_OFFSET = 7_000_000_000_000
@@ -58,7 +61,8 @@ def _parse_ellipses(data: str, n: int | None) -> int | None:
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
-    """The image files (png, jpg, tif, bmp) directly in ``folder``, sorted by name (hidden ones skipped)."""
+    """The image files (png, jpg, tif, bmp, dcm, nii, nii.gz) directly in ``folder``, sorted by name
+    (hidden ones skipped)."""
     p = Path(folder)
     if not p.exists():
         raise DiffinvError(f"data folder not found: {p}")
@@ -67,19 +71,26 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     files = sorted(
         f
         for f in p.iterdir()
-        if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_SUFFIXES + (".dcm",)
+        if f.is_file() and not f.name.startswith(".") and f.name.lower().endswith(DATA_SUFFIXES)
     )
     if not files:
-        raise DiffinvError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in data folder {p}")
+        raise DiffinvError(f"no images ({', '.join(DATA_SUFFIXES)}) in data folder {p}")
     return files
 
 
-def _first_files(data: str, n: int | None) -> list[Path]:
-    """The first ``n`` image files of the folder ``data`` (all when ``n`` is None)."""
-    files = list_images(data)
-    if n is not None and n > len(files):
-        raise DiffinvError(f"asked for the first {n} images but {data} holds only {len(files)}")
-    return files[: len(files) if n is None else n]
+def _first_files(data: str, n: int | None) -> list[tuple[Path, int | None]]:
+    """The first ``n`` images of the folder ``data`` (all when ``n`` is None), as (file, slice):
+    a NIfTI volume counts as its slices, in order (:func:`diffinv.data.medical.slices_of`)."""
+    from .data.medical import slices_of
+
+    images = []
+    for f in list_images(data):
+        images.extend((f, k) for k in slices_of(f))
+        if n is not None and len(images) >= n:
+            return images[:n]
+    if n is not None and n > len(images):
+        raise DiffinvError(f"asked for the first {n} images but {data} holds only {len(images)}")
+    return images
 
 
 def _safe_stem(stem: str) -> str:
@@ -123,11 +134,12 @@ def load_items(
     files = _first_files(data, n)
     slices = slices or {}
     items = []
-    for i, f in enumerate(files):
-        if f.suffix.lower() == ".dcm" or slices.get("window") or slices.get("hu_offset") is not None:
+    for i, (f, k) in enumerate(files):
+        medical = f.suffix.lower() == ".dcm" or k is not None or f.name.lower().endswith((".nii", ".nii.gz"))
+        if medical or slices.get("window") or slices.get("hu_offset") is not None:
             from .data.medical import load_slice
 
-            x, _ = load_slice(f, slices.get("window"), slices.get("hu_offset"))
+            x, _ = load_slice(f, slices.get("window"), slices.get("hu_offset"), slice_index=k)
             x = x.expand(-1, channels, -1, -1).contiguous()
         else:
             x = load_image(f, channels=channels)
@@ -137,5 +149,7 @@ def load_items(
             ).clamp(0, 1)
         else:
             x = crop_image(x, crop, seed, i, str(f))
-        items.append(_Item(i, f"{i:04d}_{_safe_stem(f.stem)}", f.name, x))
+        stem = f.name[: -len(".nii.gz")] if f.name.lower().endswith(".nii.gz") else f.stem
+        label, source = (stem, f.name) if k is None else (f"{stem}_z{k:03d}", f"{f.name}:{k}")
+        items.append(_Item(i, f"{i:04d}_{_safe_stem(label)}", source, x))
     return items

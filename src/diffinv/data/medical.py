@@ -98,6 +98,26 @@ def is_medical(path: str | Path) -> bool:
     return name.endswith(MEDICAL_SUFFIXES)
 
 
+def is_nifti(path: str | Path) -> bool:
+    return str(path).lower().endswith((".nii", ".nii.gz"))
+
+
+def slices_of(path: str | Path) -> list[int | None]:
+    """The slice indices a folder scan takes from ``path``: every slice (last axis) of a 3-D NIfTI
+    volume, ``[None]`` for a file that holds one image (reads only the NIfTI header)."""
+    if not is_nifti(path):
+        return [None]
+    try:
+        import nibabel
+    except ImportError as exc:
+        raise DiffinvError("reading NIfTI needs nibabel: pip install 'diffinv[medical]'") from exc
+    try:
+        shape = tuple(d for d in nibabel.load(str(path)).shape if d != 1) or (1,)
+    except Exception as exc:
+        raise DiffinvError(f"cannot read NIfTI file {path}: {' '.join(str(exc).split())}") from None
+    return list(range(shape[-1])) if len(shape) == 3 else [None]
+
+
 def read_dicom(path: str | Path) -> tuple[np.ndarray, dict]:
     """One DICOM slice in HU (RescaleSlope/RescaleIntercept applied); refuses colour and no-pixel files."""
     try:

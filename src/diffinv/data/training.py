@@ -19,23 +19,24 @@ class ImageFolderCrops:
     Each image is also kept at half resolution, so crops see both fine texture and larger structure.
     """
 
-    extensions = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm")
+    extensions = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".nii", ".nii.gz")
 
     def __init__(
         self, folder: str, size: int, channels: int, window: str = "", hu_offset: float | None = None
     ):
-        files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in self.extensions)
+        files = sorted(p for p in Path(folder).iterdir() if p.name.lower().endswith(self.extensions))
         if not files:
             raise DiffinvError(f"no images ({', '.join(self.extensions)}) in {folder}")
         self.size, self.images = size, []
         for path in files:
-            if path.suffix.lower() == ".dcm" or window or hu_offset is not None:
-                from .medical import load_slice  # HU through the window, to 8 bits like the rest
+            medical = path.name.lower().endswith((".dcm", ".nii", ".nii.gz"))
+            if medical or window or hu_offset is not None:
+                from .medical import load_slice, slices_of  # HU through the window, to 8 bits like the rest
 
-                unit, _ = load_slice(path, window or None, hu_offset)
-                arr = (unit[0, 0].numpy() * 255).round().astype(np.uint8)
-                im = Image.fromarray(arr).convert("RGB" if channels == 3 else "L")
-                self._add(im, size, channels)
+                for k in slices_of(path):  # every slice of a NIfTI volume
+                    unit, _ = load_slice(path, window or None, hu_offset, slice_index=k)
+                    arr = (unit[0, 0].numpy() * 255).round().astype(np.uint8)
+                    self._add(Image.fromarray(arr).convert("RGB" if channels == 3 else "L"), size, channels)
                 continue
             try:
                 with Image.open(path) as im:
