@@ -70,7 +70,7 @@ from common import (  # noqa: E402
 )
 
 from diffinv import metrics as M  # noqa: E402
-from diffinv import pipeline  # noqa: E402
+from diffinv import pipeline, solvers  # noqa: E402
 from diffinv.data.medical import parse_window  # noqa: E402
 from diffinv.evaluate import measurement_view  # noqa: E402
 from diffinv.operators import from_spec  # noqa: E402
@@ -212,6 +212,13 @@ def parse_args(argv=None):
         "--samples", type=int, default=None, help=f"K, samples per image (default {DEFAULT_K}; quick 2)"
     )
     ap.add_argument("--steps", default=None, help="N for every method, or METHOD=N,... (default: library)")
+    ap.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="hyperparameter of every method that has KEY (repeatable), e.g. --param noise=ddim",
+    )
     ap.add_argument("--methods", default="ddnm", help="comma-separated subset of " + ",".join(METHODS))
     ap.add_argument("--sets", default="faces,ct", help="comma-separated subset of faces,ct")
     ap.add_argument(
@@ -242,6 +249,12 @@ def parse_args(argv=None):
     args.step_plan = parse_steps(
         ap, args.steps if args.steps is not None else ("2" if q else None), args.methods
     )
+    from diffinv.preflight import parse_params
+
+    try:
+        args.params = parse_params(args.param)
+    except ValueError as e:
+        ap.error(str(e))
     if min(args.n, args.samples, args.batch, args.threads, args.figure_images) < 1:
         ap.error("--n, --samples, --batch, --threads and --figure-images must be >= 1")
     torch.set_num_threads(args.threads)
@@ -268,7 +281,9 @@ def main(argv=None) -> int:
             res["bicubic"] = M.psnr(faces.bicubic(y, op, 0.0, args.seed)[0], x).tolist()
         log(f"{SETS[set_name]['label']}: {len(names)} images, K = {K}, methods {', '.join(args.methods)}")
         for i, method in enumerate(args.methods):
-            solver = pipeline.make_solver(method, prior, args.step_plan[method])
+            cls_defaults = solvers.get_class(method).defaults
+            extra = {k: v for k, v in args.params.items() if k in cls_defaults}
+            solver = pipeline.make_solver(method, prior, args.step_plan[method], **extra)
             if solver.requires_svd and not op.has_svd:
                 skipped.append(f"{method} on {SETS[set_name]['label']} (needs an SVD operator)")
                 continue
@@ -356,7 +371,13 @@ def report(args, command, sources, results, exact, skipped, total, cal_name, png
             if args.steps is None and not args.quick
             else "set by --steps or --quick"
         )
-        + '); other hyperparameters: library defaults (DDNM: eta 0.85, `noise="ddnm"`)\n'
+        + "); other hyperparameters: "
+        + (
+            ", ".join(f"{k}={v!r}" for k, v in args.params.items()) + " (--param); the rest "
+            if args.params
+            else ""
+        )
+        + 'library defaults (DDNM: eta 0.85, `noise="ddnm"`)\n'
         "- every measure uses the samples clamped to [0, 1]; PSNR of one sample = mean over the K "
         "samples; gain = PSNR(mean of K) - PSNR(one sample), per image; all ± are std over images\n"
         "- coverage: fraction of the ground-truth pixel values (every channel) inside the per-pixel "
