@@ -10,8 +10,9 @@ Settings: ``sr4``, ``sr8`` (average pooling), ``inpaint-box`` (two boxes removed
 over the mouth: ``FACE_BOXES``), ``inpaint-random0.5``, ``colorize``, ``deblur-gauss``, all
 noiseless, and ``sr4`` with Gaussian measurement noise sigma_y = 0.05.
 
-Methods: DDNM, DDNM+, DDRM, PiGDM, DPS, MCG with the library's default hyperparameters (per
-operator family) unless ``--steps`` sets every step count; baselines bicubic upsampling of y
+Methods: DDNM, DDNM+, DDRM, PiGDM, DPS, MCG, DDS, DiffPIR, DAPS, RED-diff with the library's default
+hyperparameters (per operator family) unless ``--steps`` sets every step count or ``--param
+METHOD.KEY=VALUE`` one hyperparameter of one method; ``--tasks`` runs a subset of the settings; baselines bicubic upsampling of y
 (super-resolution only), TV-regularised MFISTA (``fista-tv``) and the pseudo-inverse A^+ y.
 Metrics: PSNR, SSIM, LPIPS (AlexNet v0.1) of the clamped output, mean ± std over the faces.
 
@@ -30,6 +31,7 @@ methods); ``--out`` defaults to ``benchmarks/results``.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -69,7 +71,7 @@ SHAPE = (3, 64, 64)
 DATA_DIR = ROOT.parent / "shared" / "data" / "faces"
 SETTINGS = [(t, 0.0) for t in ("sr4", "sr8", "inpaint-box", "inpaint-random0.5", "colorize", "deblur-gauss")]
 SETTINGS.append(("sr4", 0.05))
-DIFFUSION = ("ddnm", "ddnm+", "ddrm", "pigdm", "dps", "mcg")
+DIFFUSION = ("ddnm", "ddnm+", "ddrm", "pigdm", "dps", "mcg", "dds", "diffpir", "daps", "reddiff")
 #: (rows, cols) of the boxes removed by ``inpaint-box`` in the 64x64 crop, placed on the mean of the
 #: first 100 dev faces: both eyes with brows, and the mouth.
 FACE_BOXES = ((slice(20, 34), slice(12, 52)), (slice(38, 50), slice(20, 44)))
@@ -148,6 +150,18 @@ def parse_args(argv=None):
         "--tv-iters", type=int, default=None, help="fista-tv iterations (default: library; quick 10)"
     )
     ap.add_argument("--methods", default=None, help="comma-separated subset of " + ",".join(DIFFUSION))
+    ap.add_argument(
+        "--tasks",
+        default=None,
+        help="comma-separated subset of the settings (e.g. sr4,inpaint-box; 'sr4-noisy')",
+    )
+    ap.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="METHOD.KEY=VALUE",
+        help="a hyperparameter of one method, e.g. daps.ode_steps=1 (repeatable; steps here beat --steps)",
+    )
     ap.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="faces per solver call")
     ap.add_argument("--prior", default="faces-64", help="prior name or path (default faces-64)")
     ap.add_argument("--data", type=Path, default=DATA_DIR, help="CelebA folder, or face image(s)")
@@ -164,6 +178,24 @@ def parse_args(argv=None):
     args.methods = [m.strip() for m in (args.methods or ",".join(DIFFUSION)).split(",") if m.strip()]
     if not args.methods or set(args.methods) - set(DIFFUSION):
         ap.error(f"--methods: choose from {', '.join(DIFFUSION)}")
+    names = {label(st, ascii=True).replace(" sigma_y=0.05", "-noisy"): st for st in SETTINGS}
+    args.settings = SETTINGS
+    if args.tasks:
+        wanted = [t.strip() for t in args.tasks.split(",") if t.strip()]
+        if not wanted or set(wanted) - set(names):
+            ap.error(f"--tasks: choose from {', '.join(names)}")
+        args.settings = [names[t] for t in wanted]
+    args.method_params = {}
+    for item in args.param:
+        key, _, value = item.partition("=")
+        method, _, name = key.partition(".")
+        if method not in args.methods or not name or not value:
+            ap.error(f"--param {item!r}: need METHOD.KEY=VALUE with METHOD one of --methods")
+        try:
+            value = json.loads(value)
+        except ValueError:
+            pass
+        args.method_params.setdefault(method, {})[name] = value
     if min(args.n, args.batch, args.threads, args.steps or 1, args.tv_iters or 1) < 1:
         ap.error("--n, --batch, --threads, --steps and --tv-iters must be >= 1")
     torch.set_num_threads(args.threads)
@@ -177,11 +209,15 @@ def main(argv=None) -> int:
     x, names, source = load_faces(args.data, args.n)
     prior = load_prior(args.prior, SHAPE)
     k = min(max(args.figure_index, 0), len(names) - 1)
-    log(f"{len(names)} faces; {len(SETTINGS)} settings; steps {args.steps or 'library defaults'}")
-    runs = {m: solver_run(m, prior, args.steps) for m in args.methods}
+    log(f"{len(names)} faces; {len(args.settings)} settings; steps {args.steps or 'library defaults'}")
+    runs = {}
+    for m in args.methods:
+        extra = dict(args.method_params.get(m, {}))
+        runs[m] = solver_run(m, prior, extra.pop("steps", args.steps), **extra)
     baselines = {"fista-tv": solver_run("fista-tv", steps=args.tv_iters), "pinv": solver_run("pinv")}
     results, rows = {}, []
-    for i, (task, sigma) in enumerate(SETTINGS):
+    for task, sigma in args.settings:
+        i = SETTINGS.index((task, sigma))  # seeds as in a full run
         op = make_operator(task, args.seed)
         y = op.measure(x, sigma, generator=torch.Generator().manual_seed(args.seed * 1_000_003 + i))
         setting_runs = {**runs, **({"bicubic": bicubic} if task.startswith("sr") else {}), **baselines}
@@ -216,7 +252,9 @@ def report(args, command, source, n, results, total, png_name, k, name) -> str:
         + (" (trained on CelebA: for non-commercial research only)" if "faces-64" in str(args.prior) else "")
         + "\n"
         f"- steps: {args.steps if args.steps else 'the library defaults per operator family'} "
-        f"(used: {', '.join(sorted(steps))}); other hyperparameters: library defaults\n"
+        f"(used: {', '.join(sorted(steps))}); other hyperparameters: library defaults"
+        + "".join(f"; {m}: {p}" for m, p in args.method_params.items())
+        + "\n"
         f"- inpaint-box: the pixels of two boxes removed, {boxes} (0-based, inclusive) of the 64x64 crop, "
         f"over the eyes and the mouth ({int((1 - face_box_mask()).sum())} of 4096 pixels)\n"
         f"- baselines: bicubic = `F.interpolate(y, mode='bicubic', antialias=False)` clamped (sr only); "
@@ -236,7 +274,7 @@ def report(args, command, source, n, results, total, png_name, k, name) -> str:
         f"sr4 (noiseless): DDNM (one sample) >= bicubic + {TARGET_SR_DB:g} dB PSNR and lower LPIPS; "
         "inpaint-box: every diffusion method's LPIPS below FISTA-TV's.\n"
     )
-    sr4, box = results[("sr4", 0.0)], results[("inpaint-box", 0.0)]
+    sr4, box = results.get(("sr4", 0.0), {}), results.get(("inpaint-box", 0.0))
     if "ddnm" in sr4:
         for key, need, spec, unit, lower in (
             ("psnr", TARGET_SR_DB, ".2f", " dB", False),
@@ -246,6 +284,9 @@ def report(args, command, source, n, results, total, png_name, k, name) -> str:
             lines.append(target_line(f"sr4 {key.upper()}", "ddnm", a, "bicubic", b, need, spec, unit, lower))
     else:
         lines.append("- sr4: not run (needs ddnm)")
+    if box is None:
+        lines.append("- inpaint-box: not run")
+        return "\n".join(lines) + "\n"
     tv = mean_std(box["fista-tv"]["lpips"])[0]
     for m in args.methods:
         lines.append(

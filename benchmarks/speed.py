@@ -11,7 +11,11 @@
    run: in each of ``--rounds`` rounds every diffusion method is timed back to back with ``ddim``
    (alternating which goes first; method order rotated each round), and the ratio is the median of
    the per-round ratios. Targets: <= 1.10 for ``ddnm``, ``ddnm+`` (with sigma_y = 0.05, its noisy
-   path), ``ddrm``; <= 3.0 for ``mcg`` and ``dps`` (they back-propagate through the network).
+   path), ``ddrm``; <= 3.0 for ``mcg`` and ``dps`` (they back-propagate through the network);
+   <= 1.20 for ``reddiff`` (one NFE and one A / A^T per step); <= 1.30 for ``dds`` (five CG
+   iterations per step on sr4) and ``diffpir`` (one damped pseudo-inverse per step). ``daps`` has no target: its "steps"
+   are annealing levels of ``ode_steps`` NFE each plus ``langevin_steps`` A / A^T pairs, so equal
+   steps are not equal work (its NFE column says how many network calls it makes).
 3. Posterior samples (issue 14): ``--posterior-k`` (default 8) samples of one image drawn in one
    batch (``solver.sample``) against restoring K different images in one batch and against K
    sequential single-sample calls, same solver (``--posterior-method``, default ``ddnm``) and steps
@@ -71,7 +75,16 @@ DATA_DIR = ROOT.parent / "shared" / "data" / "natural" / "dev" / "CBSD68"
 ASSET_IMAGES = ROOT / "src" / "diffinv" / "assets" / "images"
 TASK = "sr4"
 SIGMA_NOISY = 0.05
-OVERHEAD_TARGETS = {"ddnm": 1.10, "ddnm+": 1.10, "ddrm": 1.10, "mcg": 3.0, "dps": 3.0}
+OVERHEAD_TARGETS = {
+    "ddnm": 1.10,
+    "ddnm+": 1.10,
+    "ddrm": 1.10,
+    "mcg": 3.0,
+    "dps": 3.0,
+    "reddiff": 1.20,
+    "dds": 1.30,
+    "diffpir": 1.30,
+}
 PEER_SECONDS_TARGET = 1.0
 PEER_PSNR_TARGET = -0.2
 DEFAULT_PEER_VENV = Path("/work/venvs/deepinv")

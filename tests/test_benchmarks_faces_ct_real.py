@@ -64,7 +64,8 @@ def check_files(md: Path, png: Path, script: str) -> str:
 def test_faces_quick(tmp_path):
     run("faces.py", "--quick", "--out", str(tmp_path), "--data", str(FACES), "--prior", FACE_PRIOR)
     text = check_files(tmp_path / "faces.md", tmp_path / "faces.png", "faces.py")
-    methods = ["ddnm", "ddnm+", "ddrm", "pigdm", "dps", "mcg", "fista-tv", "pinv"]
+    diffusion = ["ddnm", "ddnm+", "ddrm", "pigdm", "dps", "mcg", "dds", "diffpir", "daps", "reddiff"]
+    methods = diffusion + ["fista-tv", "pinv"]
     for title in (
         "sr4",
         "sr8",
@@ -79,7 +80,7 @@ def test_faces_quick(tmp_path):
     if FACES.is_dir() or FACE_PRIOR == "faces-64":  # CelebA data, or the prior trained on it
         assert "non-commercial research only" in text
     targets = text.split("## Targets", 1)[1]
-    assert len(TARGET.findall(targets)) == 2 + 6  # sr4 PSNR + LPIPS, inpaint-box per diffusion method
+    assert len(TARGET.findall(targets)) == 2 + len(diffusion)  # sr4 PSNR + LPIPS, inpaint-box per method
 
 
 def test_ct_real_quick(tmp_path):

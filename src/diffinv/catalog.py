@@ -33,7 +33,7 @@ __all__ = [
 #: The shipped priors used when none is named: CT tasks and ellipse phantoms, everything else.
 CT_PRIOR, NATURAL_PRIOR = "ct-ellipses-64", "natural-64"
 
-_CT_PART = re.compile(r"ct(\d+)")
+_CT_PART = re.compile(r"ct(\d+)(?:-fan)?(?:-a(?:\d+(?:\.\d*)?|\.\d+))?(?:-bins\d+)?")
 _SR_PART = re.compile(r"sr(\d+)(?:-bicubic)?")
 
 
@@ -46,7 +46,7 @@ class TaskInfo(NamedTuple):
 
     spec: str
     parts: tuple[str, ...]  # the composed specs, left to right
-    is_ct: bool  # some part is ct<views>
+    is_ct: bool  # some part is ct<views>[-fan][-a<degrees>][-bins<n>]
     sr_factor: int  # product of the super-resolution factors (1 if none)
     colorize: bool  # some part is colorize: the ground truth is RGB
 
@@ -117,6 +117,12 @@ SPECS: list[tuple[str, str]] = [
         "ct<views>",
         "sparse-view parallel-beam CT with <views> angles over 180 degrees; image shape (1, N, N), e.g. ct30",
     ),
+    (
+        "ct<views>[-fan][-a<degrees>][-bins<n>]",
+        "CT variants, suffixes in this order: -fan equiangular fan beam over 360 degrees (source 2, "
+        "detector 4 image widths from the source), -a limited angular range, -bins detector count, "
+        "e.g. ct60-a90, ct30-fan-a120-bins128",
+    ),
     ("<spec>+<spec>+...", "composition applied left to right, e.g. colorize+sr4"),
 ]
 
@@ -137,6 +143,12 @@ METHODS: list[MethodInfo] = [
         False,
         False,
         "Tikhonov-regularised least squares, CG on (A^T A + lam I) x = A^T y (lam=0: A^+ y)",
+    ),
+    MethodInfo(
+        "daps",
+        True,
+        False,
+        "DAPS (Zhang et al. 2025): decoupled noise annealing, ODE x0|t + Langevin on p(x0 | x_t, y)",
     ),
     MethodInfo(
         "ddim",
@@ -161,6 +173,18 @@ METHODS: list[MethodInfo] = [
         True,
         True,
         "DDRM (Kawar et al. 2022): spectral-domain posterior sampling; needs an SVD operator",
+    ),
+    MethodInfo(
+        "dds",
+        True,
+        False,
+        "DDS (Chung et al. 2024): DDIM + a few CG steps on ||y - A x||^2 from x0|t; no network gradient",
+    ),
+    MethodInfo(
+        "diffpir",
+        True,
+        False,
+        "DiffPIR (Zhu et al. 2023): HQS plug-and-play, x0|t + data proximal step rho_t, zeta noise",
     ),
     MethodInfo(
         "dps",
@@ -191,6 +215,12 @@ METHODS: list[MethodInfo] = [
         False,
         False,
         "Pseudo-inverse A^+ y (filtered back-projection for CT operators when use_fbp)",
+    ),
+    MethodInfo(
+        "reddiff",
+        True,
+        False,
+        "RED-diff (Mardani et al. 2024): Adam on ||y - A mu||^2 + SNR-weighted denoising regulariser",
     ),
     MethodInfo(
         "score-proj",

@@ -44,7 +44,13 @@ def test_get_defaults_and_unknown_params(name):
 
 
 def test_defaults_as_specified():
-    assert _REGISTRY["ddnm"].defaults == {"steps": 100, "eta": 0.85, "noise": "ddnm", "clip_x0": True}
+    assert _REGISTRY["ddnm"].defaults == {
+        "steps": 100,
+        "eta": 0.85,
+        "noise": "ddnm",
+        "clip_x0": True,
+        "spacing": "skip-or-linspace",
+    }
     assert _REGISTRY["ddnm+"].defaults["travel_length"] == 0
     assert _REGISTRY["ddrm"].defaults == {"steps": 20, "eta": 0.85, "eta_b": 1.0}
     assert _REGISTRY["ddim"].defaults == {"steps": 100, "eta": 0.0}

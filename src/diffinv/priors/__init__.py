@@ -2,6 +2,7 @@
 
 from .adm import ADM_CHECKPOINT_NAMES, ADM_CONFIGS, ADMUNet, adm_from_config
 from .base import Prior
+from .denoiser import DenoiserPrior, from_denoiser
 from .gaussian import GaussianPrior
 from .loading import (
     CheckpointError,
@@ -18,6 +19,8 @@ from .schedules import VESchedule, VPSchedule
 __all__ = [
     "Prior",
     "GaussianPrior",
+    "DenoiserPrior",
+    "from_denoiser",
     "VPSchedule",
     "VESchedule",
     "NetworkPrior",

@@ -9,15 +9,20 @@ themselves (DDIM / DDPM, the VE predictors, the Langevin corrector) and the time
 * :func:`x0_with_vjp` -- Tweedie estimate x0|t and a closure for vector-Jacobian products
   ``v -> (d x0|t / d x_t)^T v`` (one network evaluation, back-propagated on demand).
 * :func:`noised_measurement` -- the measurement carried to a diffusion level.
+* :func:`warm_start` -- the grid steps and first state of a run that starts part-way down the grid
+  from the operator's prior-free estimate (DDS, DiffPIR ``start`` < 1).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 
+from ..errors import DiffinvError
 from ..operators.base import LinearOperator
+from ..priors.steps import GridStep, TimeGrid
 
 
 def x0_with_vjp(
@@ -50,3 +55,35 @@ def noised_measurement(
     """``a y + b A z``: the measurement carried to a diffusion level (VP: a = sqrt(ab), b = sqrt(1 - ab);
     VE: a = 1, b = sigma), with the noise ``z`` drawn in image space so it lies in range(A)."""
     return a * y + b * op.A(noise)
+
+
+def check_start(start) -> None:
+    """DiffinvError unless ``start`` (the ``start`` parameter of :func:`warm_start`) is in (0, 1]."""
+    if isinstance(start, bool) or not isinstance(start, (int, float)) or not 0 < start <= 1:
+        raise DiffinvError(f"start must be a number in (0, 1], got {start!r}")
+
+
+def warm_start(
+    schedule,
+    steps: int,
+    start: float,
+    y_z: torch.Tensor,
+    op: LinearOperator,
+    noise: Callable[[], torch.Tensor],
+) -> tuple[list[GridStep], torch.Tensor]:
+    """(grid steps, x): ``steps`` steps to run and the state to start from.
+
+    ``start = 1``: the whole grid of ``steps`` levels from x_T ~ N(0, I). ``start < 1``: the last
+    ``steps`` levels of a grid of ``round(steps / start)`` levels (capped at T), i.e. the diffusion
+    starts at the fraction ``start`` of the time range, from the operator's prior-free estimate
+    ``op.initial_estimate(y_z)`` (CT: FBP) noised to that level, x = sqrt(abar) x_init + sqrt(1 - abar) z
+    (the warm start of Chung et al.'s CCDF, 2022). Steps are renumbered from 0. NFE = ``steps``.
+    """
+    if start >= 1.0:
+        return list(TimeGrid(schedule, steps)), noise()
+    n = min(int(schedule.T), max(steps, round(steps / start)))
+    grid = TimeGrid(schedule, n)
+    k = n - steps
+    ab = grid.alpha_bars[k]
+    x = math.sqrt(ab) * op.initial_estimate(y_z) + math.sqrt(1.0 - ab) * noise()
+    return [grid[i]._replace(i=i - k) for i in range(k, n)], x

@@ -24,6 +24,10 @@ and 1 for FFHQ / ImageNet in its experimental details, in their code's scale con
 small residual norms, so the per-pixel step grows as the image shrinks and a smaller zeta is needed
 (the Gaussian tests use 16-pixel images).
 
+Nonlinear forward models (:class:`~diffinv.operators.nonlinear.NonlinearOperator`, the paper's
+Sec. 3.2 and Algorithm 1 as written for a general A(.)): ``A^T r`` becomes ``(dA/dx0)^T r`` at x0|i
+by autograd (``Solver.measurement_fit``), the residual is taken in model units as for linear A.
+
 NFE: one network evaluation per step, with back-propagation through it.
 
 Calibration of the spread against an exact Gaussian posterior (:mod:`diffinv.posterior`,
@@ -71,6 +75,7 @@ class DPS(Solver):
     #: per operator family (``Solver.task_defaults``). CT: benchmarks/ct.py's setting (25 steps,
     #: zeta 0.1 from its validation grid; benchmarks/results/solver_notes.md, DPS).
     task_defaults = {"ct": {"steps": 25, "zeta": 0.1}}
+    accepts_nonlinear = True
 
     def validate_params(self) -> None:
         super().validate_params()
@@ -89,8 +94,8 @@ class DPS(Solver):
             # x'_{i-1}: DDPM posterior q(x_{i-1} | x_i, x0|i) (DDIM with eta = 1)
             x_prev = ddim_step_from_x0(x, x0, s.ab_t, s.ab_prev, 1.0, noise())
             if zeta > 0:
-                r = y_z - op.A(x0)  # y - A x0|i
+                r, g = self.measurement_fit(op, x0, y_z)  # r = y - A x0|i, g = A^T r
                 # -grad_{x_i} ||r||^2 = 2 J^T A^T r ;  zeta_i = zeta / ||r||
-                x_prev = x_prev + 2.0 * zeta * safe_div(vjp(op.At(r)), bnorm(r))
+                x_prev = x_prev + 2.0 * zeta * safe_div(vjp(g), bnorm(r))
             x = x_prev
         return prior.to_image(x)

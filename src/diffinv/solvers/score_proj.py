@@ -42,6 +42,16 @@ removal), finally mixed with the clean y: hard projection (lambda = 1) when sigm
 A x = y, and weight lambda when sigma_y > 0 (the paper has no explicit noise model; lambda < 1
 is its way of down-weighting noisy data).
 
+Measurement noise (sigma_y > 0; ours, the paper has no noise model): A^+ amplifies the noise of y by
+up to 1 / s_min (CT: the noisy sinogram made the samples diverge, benchmarks/results/ct-noisy/ct.md),
+so every data step, the last one included, uses the damped pseudo-inverse instead,
+
+    A^+ r  ->  A^T (A A^T + gamma_i I)^{-1} r = op.damped_pinv(r, gamma_i),   gamma_i = sigma_y^2 / sigma_i^2
+
+(sigma_y in model units): the MAP step for x' ~ N(x, sigma_i^2 I) and y_i = A x' + sigma_y n, full
+projection of the directions with s^2 >> gamma_i, none of those buried in the noise. The last
+step uses the last level's sigma. For sigma_y = 0 nothing changes (A^+ exactly).
+
 ``predictor="ancestral"`` replaces the reverse-diffusion predictor by SMLD ancestral sampling
 (score-SDE, Appendix F): the same mean, with the posterior noise
 sqrt(sigma_{i-1}^2 (sigma_i^2 - sigma_{i-1}^2) / sigma_i^2) instead of sqrt(sigma_i^2 - sigma_{i-1}^2),
@@ -104,9 +114,12 @@ class ScoreProj(Solver):
         noise = self.noise_source(y_z, op, generator)
         predict = VE_PREDICTORS[self.params["predictor"]]
 
+        def data_step(r, sigma):  # A^+ r, or with noise the damped A^T (A A^T + sigma_y^2 / sigma^2 I)^-1 r
+            return op.pinv(r) if sigma_z == 0.0 else op.damped_pinv(r, sigma_z**2 / sigma**2)
+
         def mix(x, sigma, weight=lam):
             y_i = noised_measurement(y_z, op, 1.0, sigma, noise())  # y_i = y + sigma_i A z
-            return x + weight * op.pinv(y_i - op.A(x))
+            return x + weight * data_step(y_i - op.A(x), sigma)
 
         x = grid.sigmas[0] * noise()  # x_N ~ N(0, sigma_max^2 I)
         x_mean = x
@@ -118,5 +131,5 @@ class ScoreProj(Solver):
             score = prior.score_ve(x, s.t)
             x, x_mean = predict(x, score, s.sigma, s.sigma_prev, noise())  # predictor
         x = x_mean  # noise removal
-        x = x + (1.0 if sigma_z == 0.0 else lam) * op.pinv(y_z - op.A(x))
+        x = x + (1.0 if sigma_z == 0.0 else lam) * data_step(y_z - op.A(x), grid.sigmas[-2])
         return prior.to_image(x)

@@ -1,0 +1,157 @@
+"""DDS (decomposed diffusion sampling, Chung, Lee, Ye 2024) on exact Gaussian posteriors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from problems import (
+    DenseNoSVD,
+    blind_estimate,
+    correlated_prior,
+    make_measurement,
+    mc_mean_error,
+    small_operators,
+    try_spec,
+    wide_operator,
+)
+
+from diffinv import solvers
+from diffinv.errors import DiffinvError
+
+SHAPE = (1, 4, 4)
+NUM = 300
+STEPS = 50
+
+
+@pytest.fixture(scope="module")
+def prior():
+    return correlated_prior(SHAPE)
+
+
+OPERATORS = small_operators(SHAPE)
+
+
+@pytest.mark.parametrize(
+    "opname, sigma_y",
+    [
+        ("select", 0.0),
+        ("wide", 0.0),
+        ("blur", 0.0),
+        ("select", 0.05),
+        ("wide", 0.05),
+        ("wide", 0.1),
+        ("blur", 0.1),
+    ],
+)
+def test_sample_mean_beats_correlation_blind_estimate(prior, opname, sigma_y):
+    op = OPERATORS[opname]()
+    _, y = make_measurement(op, prior, sigma_y, seed=1)
+    post_mean, _ = prior.posterior(op, y, sigma_y)
+    blind = (blind_estimate(op, y, prior) - post_mean).norm().item()
+    err, _ = mc_mean_error(solvers.get("dds", prior, steps=STEPS), op, y, post_mean, sigma_y=sigma_y, num=NUM)
+    print(f"dds {opname} sigma_y={sigma_y}: |mean - posterior mean| = {err:.4f}, blind = {blind:.4f}")
+    assert err < 0.75 * blind
+
+
+def test_warm_start_beats_blind_estimate(prior):
+    op = OPERATORS["wide"]()
+    _, y = make_measurement(op, prior, 0.0, seed=1)
+    post_mean, _ = prior.posterior(op, y, 0.0)
+    blind = (blind_estimate(op, y, prior) - post_mean).norm().item()
+    solver = solvers.get("dds", prior, steps=20, start=0.5, eta=1.0)
+    err, _ = mc_mean_error(solver, op, y, post_mean, num=NUM)
+    assert solver.last_nfe == 20
+    assert err < 0.5 * blind
+
+
+def test_converged_cg_is_the_exact_minimiser_and_consistent(prior):
+    """Once M >= rank(A) the Krylov space is the whole range of A^T: CG = op.damped_pinv (gamma = 0: A x = y)."""
+    op = wide_operator(SHAPE, 6)
+    _, y = make_measurement(op, prior, 0.0, seed=2, batch=3)
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    a = solvers.get("dds", prior, steps=10, cg_iters=20)(y, op, generator=g())
+    b = solvers.get("dds", prior, steps=10, cg_iters=None)(y, op, generator=g())
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-8)
+    assert ((op.A(b) - y).flatten(1).norm(dim=1) <= 1e-8 * y.flatten(1).norm(dim=1)).all()
+    # with gamma > 0: the CG and the exact damped solve (spectral for an SVD operator) agree too
+    a = solvers.get("dds", prior, steps=10, cg_iters=20, gamma=0.3)(
+        y, DenseNoSVD(op.matrix, SHAPE), generator=g()
+    )
+    b = solvers.get("dds", prior, steps=10, cg_iters=None, gamma=0.3)(y, op, generator=g())
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-8)
+
+
+def test_one_cg_step_is_steepest_descent_from_x0(prior):
+    """M = 1: x0 + a A^T r with the exact line-search step a = ||A^T r||^2 / (||A A^T r||^2 + gamma ||A^T r||^2)."""
+    op = wide_operator(SHAPE, 6)
+    solver = solvers.get("dds", prior, cg_iters=1)
+    x0 = torch.randn((2, *SHAPE), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    y = torch.randn((2, 6), generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    for gamma in (0.0, 0.5):
+        g = op.At(y - op.A(x0))
+        a = g.flatten(1).pow(2).sum(1) / (op.A(g).pow(2).sum(1) + gamma * g.flatten(1).pow(2).sum(1))
+        expected = x0 + a.view(-1, 1, 1, 1) * g
+        torch.testing.assert_close(solver.refine(x0, y, op, gamma), expected, rtol=0, atol=1e-12)
+
+
+def test_noise_sets_gamma_and_damps(prior):
+    op = OPERATORS["blur"]()
+    _, y = make_measurement(op, prior, 0.1, seed=1)
+    post_mean, _ = prior.posterior(op, y, 0.1)
+    solver = solvers.get("dds", prior, steps=30, cg_iters=None)
+    assert solver.gamma_for(0.0) == 0.0 and solver.gamma_for(0.2) == 1.0
+    damped, _ = mc_mean_error(solver, op, y, post_mean, sigma_y=0.1, num=100)
+    exact, _ = mc_mean_error(
+        solvers.get("dds", prior, steps=30, cg_iters=None, gamma=0.0), op, y, post_mean, 0.1, 100
+    )
+    print(f"dds noisy blur: damped {damped:.4f}, undamped {exact:.4f}")
+    assert damped < 0.5 * exact
+
+
+def test_real_ct_operator_defaults():
+    op = try_spec("ct4", (1, 8, 8))  # under-determined (ct8 on 6 x 6 is not)
+    if op is None:
+        pytest.skip("ct4 unavailable")
+    prior6 = correlated_prior((1, 8, 8))
+    _, y = make_measurement(op, prior6, 0.0, seed=1)
+    post_mean, _ = prior6.posterior(op, y, 0.0)
+    blind = (blind_estimate(op, y, prior6) - post_mean).norm().item()
+    solver = solvers.get("dds", prior6)  # the CT family's defaults: 25 steps from the FBP, exact solve
+    err, x = mc_mean_error(solver, op, y, post_mean, num=100)
+    assert solver.params["steps"] == 25 and solver.params["cg_iters"] is None and solver.last_nfe == 25
+    assert err < 0.75 * blind
+    assert ((op.A(x) - y).flatten(1).norm(dim=1) <= 1e-6 * y.norm()).all()
+
+
+def test_nfe_determinism_and_float32(prior):
+    op = OPERATORS["wide"]()
+    _, y = make_measurement(op, prior, 0.05, seed=0, batch=2)
+    solver = solvers.get("dds", prior, steps=10)
+    a = solver(y, op, 0.05, generator=torch.Generator().manual_seed(1))
+    assert solver.last_nfe == 10
+    b = solver(y, op, 0.05, generator=torch.Generator().manual_seed(1))
+    c = solver(y, op, 0.05, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    assert not torch.allclose(a, c)
+    prior32 = correlated_prior(SHAPE)
+    x32 = solvers.get("dds", prior32, steps=5)(
+        y.float(), op, 0.05, generator=torch.Generator().manual_seed(1)
+    )
+    assert x32.dtype == torch.float32 and torch.isfinite(x32).all()
+
+
+def test_parameters(prior):
+    assert "dds" in solvers.available()
+    assert solvers.get("dds", prior).params == {
+        "steps": 50,
+        "eta": 0.85,
+        "cg_iters": 5,
+        "gamma": None,
+        "start": 1.0,
+    }
+    bad = [{"cg_iters": 0}, {"cg_iters": 2.5}, {"cg_iters": True}, {"gamma": -1.0}, {"gamma": float("inf")}]
+    bad += [{"gamma": "x"}, {"start": 0.0}, {"start": 1.5}, {"eta": 1.5}, {"steps": 0}, {"zeta": 1.0}]
+    for params in bad:
+        with pytest.raises(DiffinvError) as info:
+            solvers.get("dds", prior, **params)
+        assert "\n" not in str(info.value)
