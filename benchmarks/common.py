@@ -293,7 +293,9 @@ def load_prior(name: str, shape: tuple[int, ...], option: str = "--prior"):
 
 def solver_run(method: str, prior=None, steps: int | None = None, **params):
     """A run ``(y, op, sigma, seed) -> (x_hat, seconds, nfe, steps or iters used)`` of a diffinv solver;
-    ``steps=None`` keeps the library's defaults (per operator family)."""
+    ``steps=None`` keeps the library's defaults (per operator family). ``sigma`` is the noise std,
+    or a tensor of y's per-bin noise variance (Poisson CT: ``pipeline.solve_with_variance``, weighted
+    least squares where the method can use it; NFE then counts one image's calls)."""
 
     def run(y, op, sigma, seed):
         import torch
@@ -301,8 +303,11 @@ def solver_run(method: str, prior=None, steps: int | None = None, **params):
         from diffinv import pipeline
 
         solver = pipeline.make_solver(method, prior, steps, **params)
-        x = solver(y, op, sigma_y=sigma, generator=torch.Generator().manual_seed(seed))
         used = solver.params.get("steps", solver.params.get("iters"))
+        if torch.is_tensor(sigma):
+            r = pipeline.solve_with_variance(y, op, solver, sigma, seed)
+            return r.x, r.seconds, solver.last_nfe, used
+        x = solver(y, op, sigma_y=sigma, generator=torch.Generator().manual_seed(seed))
         return x, solver.last_seconds, solver.last_nfe, used
 
     return run
@@ -321,7 +326,8 @@ def evaluate(runs: dict, x, y, op, sigma: float, seed: int, batch: int, lpips: b
         r = {"psnr": [], "ssim": [], **({"lpips": []} if lpips else {}), "sec": 0.0, "out": []}
         for b, lo in enumerate(range(0, x.shape[0], batch)):
             xb = x[lo : lo + batch]
-            x_hat, sec, r["nfe"], r["steps"] = run(y[lo : lo + batch], op, sigma, seed + b)
+            sb = sigma[lo : lo + batch] if torch.is_tensor(sigma) else sigma  # per-bin variance
+            x_hat, sec, r["nfe"], r["steps"] = run(y[lo : lo + batch], op, sb, seed + b)
             xc = x_hat.clamp(0, 1).to(xb.dtype)
             r["psnr"] += M.psnr(xc, xb).tolist()
             r["ssim"] += M.ssim(xc, xb).tolist()

@@ -14,7 +14,8 @@ noiseless and with Gaussian noise ``sigma_y = 0.01`` added to the sinogram (in t
 
 Methods: FBP (the ``pinv`` solver, which uses the ramp-filtered back-projection for CT),
 FISTA-TV (``fista-tv``, ``--tv-iters`` iterations), and the diffusion solvers ``score-proj``,
-``ddnm`` (``ddnm+`` with noise), ``mcg`` in both forms (``mcg-vp``, ``mcg-ve``) and ``dps``, each
+``ddnm`` (``ddnm+`` with noise), ``mcg`` in both forms (``mcg-vp``, ``mcg-ve``), ``dps``, ``dds``
+and ``diffpir`` (library CT defaults, not tuned here), each
 diffusion method with its ``--steps`` count (``DEFAULT_STEPS``, chosen on the validation split with
 ``ct_sweep.py``; NFE: one per step, two for score-proj and mcg-ve). The VE samplers use the
 ancestral predictor (see ``METHODS``). All phantoms of a setting (test + Shepp-Logan) go through
@@ -26,6 +27,9 @@ maximise the mean validation PSNR. It runs at the ``--tune-views`` view counts (
 the target settings); the other view counts use the values of the nearest tuned count. The grids
 include each solver's default and the chosen values are printed and recorded in the results file.
 DDNM has no tuned hyperparameter.
+
+``--geometry`` appends a suffix to every spec: ``-fan`` (equiangular fan beam), ``-a90`` (views
+over 90 degrees, limited angle), e.g. ``--geometry=-fan --out benchmarks/results/ct-fan`` (with ``=``: the value starts with a dash).
 
 Targets ("Targets" section, with margins): at 8 and 18 views (noiseless), the best diffusion method
 beats FBP by >= 8 dB and FISTA-TV by >= 1 dB mean PSNR on the test phantoms.
@@ -103,8 +107,10 @@ METHODS: dict[str, tuple[str, dict]] = {
     "mcg-vp": ("mcg", {"form": "vp"}),
     "mcg-ve": ("mcg", {"form": "ve"}),
     "dps": ("dps", {}),
+    "dds": ("dds", {}),
+    "diffpir": ("diffpir", {}),
 }
-DIFFUSION = ("score-proj", "ddnm", "mcg-vp", "mcg-ve", "dps")
+DIFFUSION = ("score-proj", "ddnm", "mcg-vp", "mcg-ve", "dps", "dds", "diffpir")
 #: method -> (hyperparameter, grid searched on the validation split); each grid holds the default.
 GRIDS: dict[str, tuple[str, tuple[float, ...]]] = {
     "fista-tv": ("lam", (0.01, 0.02, 0.05, 0.1, 0.2)),
@@ -182,7 +188,7 @@ def log(msg: str) -> None:
 # ---------------------------------------------------------------------------------------- tuning
 def make_operator(views: int, args):
     """``ct<views>`` with its pseudo-inverse factors computed up front (timed in ``args.gram_seconds``)."""
-    op = from_spec(f"ct{views}", SHAPE)
+    op = from_spec(f"ct{views}{args.geometry}", SHAPE)
     t = time.perf_counter()
     op.pinv(torch.zeros(1, *op.out_shape))  # the one-off Gram eigendecomposition (cached per geometry)
     args.gram_seconds[views] = args.gram_seconds.get(views, 0.0) + time.perf_counter() - t
@@ -269,6 +275,12 @@ def parse_args(argv=None):
         "--methods", default=None, help="comma-separated subset of " + ",".join(METHODS) + " (default all)"
     )
     ap.add_argument("--prior", default="ct-ellipses-64", help="prior name or path (default ct-ellipses-64)")
+    ap.add_argument(
+        "--geometry",
+        default="",
+        help="suffix of every ct<views> spec: '' parallel beam (default), '-fan' fan beam, '-a90' limited "
+        "angle (90 degrees), combinations such as '-fan-a120'",
+    )
     ap.add_argument("--figure-index", type=int, default=0, help="test phantom shown in the figure")
     ap.add_argument("--out", type=Path, default=None, help="output folder (default benchmarks/results)")
     ap.add_argument(
@@ -301,6 +313,10 @@ def parse_args(argv=None):
             ap.error(f"--{key.replace('_', '-')} must be >= 1")
 
     args.views = positive_ints(ap, args.views, (8, 18) if q else VIEWS, "views")
+    try:
+        from_spec(f"ct8{args.geometry}", SHAPE)
+    except ValueError as e:
+        ap.error(f"--geometry {args.geometry!r}: {e}")
     args.tune_views = positive_ints(ap, args.tune_views, (8,) if q else TARGET_VIEWS, "tune-views")
     if args.sigmas is None:
         args.sigmas = [0.0] if q else list(SIGMAS)
@@ -461,8 +477,14 @@ def report(args, command, results, chosen, total, tuning_seconds, method_seconds
         f"modified Shepp-Logan phantom, 64 x 64, in one batch per setting; tuning on {args.val_n} validation "
         f"phantoms (seed {VAL_SEED}); the prior's training phantoms used seeds `0 * 1_000_003 + step`\n"
         f"- prior: `{args.prior}` (64x64 DDPM, linear beta schedule, 1000 training steps)\n"
-        f"- operator: `ct<views>` (parallel beam, 180 degrees, 91 detector bins, exact pseudo-inverse "
-        f"from the cached Gram eigendecomposition); noise σ on the sinogram in [0, 1]-image units\n"
+        + (
+            "- operator: `ct<views>` (parallel beam, 180 degrees, 91 detector bins, exact pseudo-inverse "
+            "from the cached Gram eigendecomposition)"
+            if not args.geometry
+            else f"- operator: `ct<views>{args.geometry}` (`--geometry`; exact pseudo-inverse from the cached Gram "
+            f"eigendecomposition; tuning, step counts and defaults as for parallel beam)"
+        )
+        + "; noise σ on the sinogram in [0, 1]-image units\n"
         f"- steps: **{steps_label(args.steps, args.methods)}** (NFE: one per step, two for score-proj and "
         f"mcg-ve; MCG and DPS back-propagate through the network each step), chosen on the validation "
         f"split with `ct_sweep.py` to fit a CPU budget; the MCG paper uses 2000 (VE) / 1000 (VP) steps. "

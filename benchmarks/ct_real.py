@@ -10,21 +10,29 @@ windowed to [0, 1] with the soft-tissue window (centre 40 HU, width 400 HU: the 
 64x64 by 4x4 box averaging.
 
 Settings: parallel-beam ``ct<views>`` with 8, 18 and 30 views, noiseless and with Gaussian noise
-sigma_y = 0.01 on the sinogram (as in ``ct.py``).
+sigma_y = 0.01 on the sinogram (as in ``ct.py``). ``--settings`` replaces them with a list of
+``SPEC[@NOISE]`` items: any CT spec (``ct18-fan`` fan beam, ``ct60-a90`` limited angle, ``-bins<n>``)
+and ``NOISE`` = ``g<sigma>`` (Gaussian) or ``p<I0>`` (Poisson photon counts with ``I0`` photons per
+bin, ``operators.noise.PoissonNoise``: the methods that can use the per-bin variance solve the
+weighted problem, FISTA-TV, DDNM+ and DDS; the others get the RMS noise std).
 
-Methods: FBP, FISTA-TV, and the diffusion methods DDNM (DDNM+ with noise), MCG and score-proj, each
+Methods: FBP, FISTA-TV, and the diffusion methods DDNM (DDNM+ with noise), MCG, score-proj, DDS and
+DiffPIR (``--methods``: a subset of them), each
 once with ``--prior`` (``chest``, default ``ct-chest-64``) and once with ``--prior-wrong``
 (``ellipses``, default ``ct-ellipses-64``). Hyperparameters and step counts are the library's
 defaults for CT operators unless ``--steps`` / ``--tv-iters`` set them.
 
 Targets ("Targets" section, with margins): at 8 and 18 views (noiseless), the best diffusion method
 with the chest prior >= FISTA-TV + 1 dB and >= FBP + 8 dB mean PSNR; the chest prior beats the
-ellipse prior (best method of each) at every view count.
+ellipse prior (best method of each) at every view count; Poisson noise at I0 = 1e4 and 18 views:
+the best diffusion method >= FISTA-TV (weighted) + 1 dB. ``--prior-wrong none`` skips the
+ellipse prior.
 
 Usage::
 
     python benchmarks/ct_real.py --prior /work/runs/ct-chest-64    # full run
     python benchmarks/ct_real.py --quick --out /tmp/ctr             # smoke run: 2 slices, 8 + 18 views
+    python benchmarks/ct_real.py --settings ct18-fan,ct60-a90,ct18@p1e4,ct18@p1e5 --prior-wrong none
 
 Writes ``<out>/ct_real.md`` and ``<out>/ct_real.png`` (a few slices, noiseless, every method);
 ``--out`` defaults to ``benchmarks/results``.
@@ -66,6 +74,7 @@ from common import (  # noqa: E402
 
 from diffinv.data.medical import parse_window, read_slice  # noqa: E402
 from diffinv.operators import from_spec  # noqa: E402
+from diffinv.operators.noise import PoissonNoise  # noqa: E402
 from diffinv.viz import comparison_figure  # noqa: E402
 
 SIZE = 64
@@ -75,11 +84,12 @@ HU_OFFSET = 1024
 WINDOW = "soft-tissue"
 VIEWS = (8, 18, 30)
 SIGMAS = (0.0, 0.01)
-DIFFUSION = ("ddnm", "mcg", "score-proj")
+DIFFUSION = ("ddnm", "mcg", "score-proj", "dds", "diffpir")
 PRIORS = ("chest", "ellipses")
 TARGET_VIEWS = (8, 18)
 TARGET_FBP_DB = 8.0
 TARGET_TV_DB = 1.0
+POISSON_TARGET_I0 = 1e4
 DEFAULT_N = 24
 
 
@@ -125,8 +135,35 @@ def load_slices(files: list[Path], window) -> torch.Tensor:
 
 
 def label(setting) -> str:
-    views, sigma = setting
-    return f"{views} views" + ("" if sigma == 0 else f", σ={sigma:g}")
+    """``ct18`` -> "18 views"; other specs as they are; noise appended (σ=0.01, I0=1e4)."""
+    spec, kind, level = setting
+    name = f"{spec[2:]} views" if spec[2:].isdigit() else spec
+    return (
+        name
+        + {"none": "", "gauss": f", σ={level:g}", "poisson": f", Poisson I0={level:.0e}".replace("e+0", "e")}[
+            kind
+        ]
+    )
+
+
+def parse_setting(ap, item: str) -> tuple[str, str, float]:
+    """``SPEC[@g<sigma>|@p<I0>]`` -> (spec, "none" | "gauss" | "poisson", level)."""
+    spec, _, noise = item.strip().partition("@")
+    try:
+        from_spec(spec, SHAPE)
+        level = float(noise[1:]) if noise else 0.0
+    except ValueError as e:
+        ap.error(f"--settings {item!r}: {e}")
+    if not noise or (noise[0] == "g" and level == 0):
+        return spec, "none", 0.0
+    if noise[0] not in "gp" or not level > 0:
+        ap.error(f"--settings {item!r}: noise must be g<sigma> or p<photons> with a positive number")
+    return spec, {"g": "gauss", "p": "poisson"}[noise[0]], level
+
+
+def views_of(setting) -> int | None:
+    """The view count of a plain parallel-beam ``ct<views>`` setting, else None."""
+    return int(setting[0][2:]) if setting[0][2:].isdigit() else None
 
 
 def parse_args(argv=None):
@@ -143,9 +180,19 @@ def parse_args(argv=None):
     ap.add_argument(
         "--prior", default="ct-chest-64", help="prior from the right domain (default ct-chest-64)"
     )
-    ap.add_argument("--prior-wrong", default="ct-ellipses-64", help="prior from the wrong domain")
+    ap.add_argument(
+        "--prior-wrong", default="ct-ellipses-64", help="prior from the wrong domain ('none': skip it)"
+    )
+    ap.add_argument(
+        "--settings",
+        default=None,
+        help="comma-separated SPEC[@g<sigma>|@p<I0>] (replaces --views / --no-noisy)",
+    )
     ap.add_argument("--window", default=WINDOW, help=f"HU window: preset or C,W (default {WINDOW})")
     ap.add_argument("--data", type=Path, default=DATA_DIR, help="folder of HU+1024 PNG slices, or one file")
+    ap.add_argument(
+        "--methods", default=",".join(DIFFUSION), help=f"diffusion methods, a subset of {','.join(DIFFUSION)}"
+    )
     ap.add_argument("--seed", type=int, default=0, help="seed of noise and solvers")
     ap.add_argument("--out", type=Path, default=None, help="output folder (default benchmarks/results)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
@@ -158,7 +205,15 @@ def parse_args(argv=None):
     args.steps = args.steps if args.steps is not None else (2 if q else None)
     args.tv_iters = args.tv_iters if args.tv_iters is not None else (10 if q else None)
     args.views = positive_ints(ap, args.views, (8, 18) if q else VIEWS, "views")
-    args.sigmas = (0.0,) if (q or args.no_noisy) else SIGMAS
+    sigmas = (0.0,) if (q or args.no_noisy) else SIGMAS
+    if args.settings:
+        args.settings = [parse_setting(ap, item) for item in args.settings.split(",") if item.strip()]
+    else:
+        args.settings = [(f"ct{v}", "gauss" if s > 0 else "none", s) for s in sigmas for v in args.views]
+    args.priors = ("chest",) if args.prior_wrong.lower() == "none" else PRIORS
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not args.methods or any(m not in DIFFUSION for m in args.methods):
+        ap.error(f"--methods must be a subset of {','.join(DIFFUSION)}")
     if min(args.n, args.threads, args.steps or 1, args.tv_iters or 1) < 1:
         ap.error("--n, --threads, --steps and --tv-iters must be >= 1")
     torch.set_num_threads(args.threads)
@@ -173,38 +228,42 @@ def main(argv=None) -> int:
     files = pick_files(args.data, args.n)
     x = load_slices(files, window)
     names = [f.stem for f in files]
-    prior = {
-        "chest": load_prior(args.prior, SHAPE),
-        "ellipses": load_prior(args.prior_wrong, SHAPE, "--prior-wrong"),
-    }
+    prior = {"chest": load_prior(args.prior, SHAPE)}
+    if "ellipses" in args.priors:
+        prior["ellipses"] = load_prior(args.prior_wrong, SHAPE, "--prior-wrong")
     log(
-        f"{len(files)} slices; views {args.views}; sigmas {args.sigmas}; steps {args.steps or 'library defaults'}"
+        f"{len(files)} slices; settings {[label(s) for s in args.settings]}; steps {args.steps or 'library defaults'}"
     )
     shown = sorted({0, len(files) // 2, len(files) - 1})
     results, rows = {}, []
-    for sigma in args.sigmas:
-        for views in args.views:
-            op = from_spec(f"ct{views}", SHAPE)
-            op.pinv(torch.zeros(1, *op.out_shape))  # the one-off Gram factorisation, outside the timings
-            y = op.measure(
-                x, sigma, generator=torch.Generator().manual_seed(args.seed + 1000 * views + int(1e4 * sigma))
+    for k_setting, setting in enumerate(args.settings):
+        spec, kind, level = setting
+        op = from_spec(spec, SHAPE)
+        op.pinv(torch.zeros(1, *op.out_shape))  # the one-off Gram factorisation, outside the timings
+        views = views_of(setting)
+        seed = args.seed + 1000 * (views if views is not None else 100 + k_setting)
+        g = torch.Generator().manual_seed(seed + (int(1e4 * level) if kind == "gauss" else 0))
+        if kind == "poisson":
+            y, noise = PoissonNoise(level).measure(op, x, g)  # noise: the per-bin variance of y
+        else:
+            noise = level
+            y = op.measure(x, level, generator=g)
+        ddnm = "ddnm" if kind == "none" else "ddnm+"
+        runs = {
+            "fbp": solver_run("pinv", use_fbp=True),
+            "fista-tv": solver_run("fista-tv", steps=args.tv_iters),
+        }
+        for tag in args.priors:
+            runs.update(
+                {
+                    f"{m}/{tag}": solver_run(ddnm if m == "ddnm" else m, prior[tag], args.steps)
+                    for m in args.methods
+                }
             )
-            ddnm = "ddnm+" if sigma > 0 else "ddnm"
-            runs = {
-                "fbp": solver_run("pinv", use_fbp=True),
-                "fista-tv": solver_run("fista-tv", steps=args.tv_iters),
-            }
-            for tag in PRIORS:
-                runs.update(
-                    {
-                        f"{m}/{tag}": solver_run(ddnm if m == "ddnm" else m, prior[tag], args.steps)
-                        for m in DIFFUSION
-                    }
-                )
-            res = evaluate(runs, x, y, op, sigma, args.seed, len(files), False, label((views, sigma)))
-            results[(views, sigma)] = res
-            if sigma == 0:
-                rows += [figure_row(x, res, k, names[k], truth=f"truth, {views} views") for k in shown]
+        res = evaluate(runs, x, y, op, noise, args.seed, len(files), False, label(setting))
+        results[setting] = res
+        if kind == "none":
+            rows += [figure_row(x, res, k, names[k], truth=f"truth, {label(setting)}") for k in shown]
     total = time.perf_counter() - t_start
 
     out_md, out_png = result_path("ct_real.md", args.out), result_path("ct_real.png", args.out)
@@ -237,49 +296,75 @@ def report(args, command, window, names, results, total, png_name, shown) -> str
         f"- preprocessing: HU = stored - {HU_OFFSET}; {args.window} window (centre {window.center:g} HU, width "
         f"{window.width:g} HU) to [0, 1], the window the `ct-chest-64` training slices (published windowed) "
         f"resemble; 256x256 -> 64x64 by 4x4 box averaging of the windowed image\n"
-        f"- priors: chest = `{args.prior}`, ellipses = `{args.prior_wrong}` (trained on ellipse phantoms: "
-        f"the wrong domain)\n"
-        f"- operator: `ct<views>` (parallel beam, 180 degrees); noise σ on the sinogram in [0, 1]-image units\n"
+        f"- priors: chest = `{args.prior}`"
+        + (
+            f", ellipses = `{args.prior_wrong}` (trained on ellipse phantoms: the wrong domain)"
+            if "ellipses" in args.priors
+            else " (the ellipse prior skipped)"
+        )
+        + "\n"
+        f"- operators: `ct<views>` (parallel beam, 180 degrees) unless the setting names another spec "
+        f"(`-fan`: equiangular fan beam, default distances; `-a<deg>`: limited angular range); Gaussian noise σ on "
+        f"the sinogram in [0, 1]-image units; Poisson: `PoissonNoise(I0)` photon counts (default attenuation), "
+        f"measured line integrals -log(counts / I0), per-bin variance given to the weighted methods "
+        f"(fista-tv, ddnm+, dds; the others get the RMS noise std)\n"
         f"- steps: {args.steps if args.steps else 'library defaults for CT'} (used: {', '.join(sorted(steps))}); "
         f"fista-tv and the other hyperparameters: library defaults"
         + (f" except {args.tv_iters} iterations" if args.tv_iters else "")
-        + "; ddnm runs ddnm+ when σ > 0\n"
+        + "; ddnm runs ddnm+ with noise\n"
         f"- metrics: PSNR / SSIM of the output clamped to [0, 1] against the windowed 64x64 slice, mean ± std "
         f"over slices; s/image = solver wall time / slices\n"
         f"- total wall time: {total:.0f} s\n- figure: `{png_name}` (slices {', '.join(shown)}, noiseless)\n"
     )
     lines += ["\n## PSNR (dB), mean over slices\n", *summary_table(results, "psnr", ".2f", label)]
-    lines.append("\n## What the wrong-domain prior costs: PSNR(chest) - PSNR(ellipses), dB\n")
-    lines.append("| setting | " + " | ".join(DIFFUSION) + " | best vs best |")
-    lines.append("|---|" + "---|" * (len(DIFFUSION) + 1))
-    for setting, res in results.items():
-        d = [
-            mean_std(res[f"{m}/chest"]["psnr"])[0] - mean_std(res[f"{m}/ellipses"]["psnr"])[0]
-            for m in DIFFUSION
-        ]
-        gap = best(res, "chest")[1] - best(res, "ellipses")[1]
-        lines.append(f"| {label(setting)} | " + " | ".join(f"{v:+.2f}" for v in d) + f" | {gap:+.2f} |")
+    if "ellipses" in args.priors:
+        lines += wrong_prior_table(args, results)
     lines.append("\n## Per setting\n")
     for setting, res in results.items():
         lines += [f"\n### {label(setting)}\n", *method_table(res)]
+    lines += targets(args, results)
+    return "\n".join(lines) + "\n"
 
-    lines.append("\n## Targets\n")
+
+def wrong_prior_table(args, results) -> list[str]:
+    lines = ["\n## What the wrong-domain prior costs: PSNR(chest) - PSNR(ellipses), dB\n"]
+    lines.append("| setting | " + " | ".join(args.methods) + " | best vs best |")
+    lines.append("|---|" + "---|" * (len(args.methods) + 1))
+    for setting, res in results.items():
+        d = [
+            mean_std(res[f"{m}/chest"]["psnr"])[0] - mean_std(res[f"{m}/ellipses"]["psnr"])[0]
+            for m in args.methods
+        ]
+        gap = best(res, "chest")[1] - best(res, "ellipses")[1]
+        lines.append(f"| {label(setting)} | " + " | ".join(f"{v:+.2f}" for v in d) + f" | {gap:+.2f} |")
+    return lines
+
+
+def targets(args, results) -> list[str]:
+    lines = ["\n## Targets\n"]
     lines.append(
         f"At {' and '.join(map(str, TARGET_VIEWS))} views (noiseless) the best diffusion method with the chest "
         f"prior >= FISTA-TV + {TARGET_TV_DB:g} dB and >= FBP + {TARGET_FBP_DB:g} dB mean PSNR; the chest prior "
-        "beats the ellipse prior (best method of each) at every view count. Noisy settings: for information.\n"
+        "beats the ellipse prior (best method of each) at every view count; Poisson noise, I0 = 1e4, 18 views: "
+        f"the best diffusion method >= FISTA-TV (weighted) + {TARGET_TV_DB:g} dB. Other settings: for information.\n"
     )
-    for (views, sigma), res in results.items():
-        info = "" if sigma == 0 else "(for information) "
+    for setting, res in results.items():
+        views, (_, kind, level) = views_of(setting), setting
+        poisson_target = kind == "poisson" and level == POISSON_TARGET_I0 and views == 18
+        info = "" if kind == "none" or poisson_target else "(for information) "
         m, b = best(res, "chest")
         if views in TARGET_VIEWS:
             for ref, need in (("fista-tv", TARGET_TV_DB), ("fbp", TARGET_FBP_DB)):
+                if ref == "fbp" and poisson_target:
+                    continue
                 vr = mean_std(res[ref]["psnr"])[0]
-                lines.append(target_line(f"{info}{label((views, sigma))}", m, b, ref, vr, need))
+                lines.append(target_line(f"{info}{label(setting)}", m, b, ref, vr, need))
+        if "ellipses" not in args.priors:
+            continue
         lines.append(
-            target_line(f"{info}{label((views, sigma))} chest vs ellipses", m, b, *best(res, "ellipses"), 0)
+            target_line(f"{info}{label(setting)} chest vs ellipses", m, b, *best(res, "ellipses"), 0)
         )
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 if __name__ == "__main__":

@@ -195,6 +195,48 @@ def test_restore_ct_default_mode(tmp_path, inputs, capsys):
     assert rec["metrics"]["psnr"] > 18 and rec["measurement_shape"] == [1, 30, 91]
 
 
+def test_restore_ct_poisson_noise(tmp_path, inputs, capsys):
+    argv = ["restore", inputs["phantom"], "--task", "ct18-fan", "--method", "fista-tv", "--param", "iters=30"]
+    code, _, err = run([*argv, "--noise", "poisson", "--photons", 1e4, "--out", tmp_path], capsys)
+    assert code == 0, err
+    rec = json.loads((tmp_path / "phantom_ct18-fan_fista-tv.json").read_text())
+    assert rec["noise"] == "poisson" and rec["photons"] == 1e4 and rec["measurement_shape"] == [1, 18, 95]
+    assert rec["metrics"]["psnr"] > 20
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert cfg["args"]["noise"] == "poisson" and cfg["args"]["measured_kind"] == "line-integrals"
+
+
+@pytest.mark.parametrize("kind", ["counts", "line-integrals"])
+def test_restore_measured_ct_counts(tmp_path, inputs, capsys, kind):
+    from diffinv.operators.noise import PoissonNoise
+
+    op = from_spec("ct30", (1, 64, 64))
+    noise = PoissonNoise(1e5)
+    counts = noise.counts(op, shepp_logan(64), torch.Generator().manual_seed(0))
+    data = counts if kind == "counts" else noise.from_counts(op, counts)[0]
+    np.save(tmp_path / "scan.npy", data[0, 0].numpy())
+    argv = ["restore", tmp_path / "scan.npy", "--measured", "--task", "ct30", "--method", "fista-tv"]
+    argv += ["--param", "iters=30", "--measured-kind", kind, "--noise", "poisson", "--photons", 1e5]
+    code, _, err = run([*argv, "--out", tmp_path / "out"], capsys)
+    assert code == 0, err
+    x_hat = load_image(tmp_path / "out" / "scan_ct30_fista-tv.png")
+    assert float(((x_hat - shepp_logan(64)) ** 2).mean()) < 0.01
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["--task", "sr2", "--noise", "poisson"], "need a CT task"),
+        (["--task", "ct18", "--measured-kind", "counts"], "add --measured"),
+        (["--task", "ct18", "--noise", "poisson", "--photons", 0], "photon count I0 must be"),
+        (["--task", "ct18", "--noise", "poisson", "--samples", 2], "--samples with Poisson"),
+    ],
+)
+def test_restore_noise_errors(tmp_path, inputs, capsys, extra, match):
+    code, _, err = run(["restore", inputs["phantom"], "--method", "pinv", *extra, "--out", tmp_path], capsys)
+    assert code == 2 and match in err, err
+
+
 # ----------------------------------------------------------------------------------- --config
 def test_config_round_trip_and_override(tmp_path, inputs, capsys):
     first = tmp_path / "first"

@@ -425,7 +425,9 @@ def test_callback_counts_every_step_of_batched_windows():
     y = op.A(_image(op.in_shape))
     seen = []
     solver = solvers.get("ddnm", _prior(1), steps=2)
-    tiling.solve_tiled(solver, y, op, tile_batch=8, callback=lambda e: seen.append((e["step"], e["x0"].shape)))
+    tiling.solve_tiled(
+        solver, y, op, tile_batch=8, callback=lambda e: seen.append((e["step"], e["x0"].shape))
+    )
     assert [i for i, _ in seen] == list(range(2 * solver.last_windows))
     assert all(shape == (1, 1, 20, 20) for _, shape in seen)
 

@@ -77,6 +77,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rs.add_argument("--steps", type=int, default=None, help="solver steps/iterations [the method's default]")
     rs.add_argument("--sigma-y", type=float, default=0.0, help="measurement noise std, [0, 1] units [0]")
+    rs.add_argument(
+        "--noise",
+        choices=("gaussian", "poisson"),
+        default="gaussian",
+        help="gaussian (--sigma-y) or CT photon counts Poisson(I0 exp(-A x)) [gaussian]",
+    )
+    rs.add_argument("--photons", type=float, default=1e4, metavar="I0", help="CT photons per bin [1e4]")
+    rs.add_argument(
+        "--measured-kind",
+        choices=("line-integrals", "counts"),
+        default="line-integrals",
+        help="--measured CT sinograms hold line integrals or photon counts [line-integrals]",
+    )
     rs.add_argument("--seed", type=int, default=0, help="seed of masks, noise and the solver [0]")
     rs.add_argument("--out", default="out/restore", help="output folder [out/restore]")
     rs.add_argument("--measured", action="store_true", help=_HELP["measured"])

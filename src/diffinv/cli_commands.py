@@ -176,7 +176,7 @@ def _cmd_restore(args: argparse.Namespace) -> int:
             warn=_warn_restore,
             slice_index=args.slice,
             **_from_args(args, "model", "measured", "device", "window", "hu_offset", "resize", "tile_batch"),
-            **_from_args(args, "samples", "save_samples"),
+            **_from_args(args, "samples", "save_samples", "noise", "photons", "measured_kind"),
             **shared,
         )
     return 0

@@ -22,7 +22,7 @@ FAMILIES = ("ct", "inpaint", "sr", "deblur", "colorize", "cs", "denoise")
 
 _NUM = r"(?:\d+(?:\.\d*)?|\.\d+)"
 _PATTERNS = (
-    ("ct", re.compile(r"ct\d+")),
+    ("ct", re.compile(rf"ct\d+(?:-fan)?(?:-a{_NUM})?(?:-bins\d+)?")),
     ("inpaint", re.compile(r"inpaint(?:-.*)?")),
     ("sr", re.compile(r"sr\d+(?:-bicubic)?")),
     ("deblur", re.compile(r"deblur(?:-.*)?")),
@@ -33,6 +33,7 @@ _PATTERNS = (
 #: Operator classes without a spec (built directly, or windows of tiled restorations).
 _CLASSES = {
     "ParallelBeamCT": "ct",
+    "FanBeamCT": "ct",
     "Inpaint": "inpaint",
     "SuperResolution": "sr",
     "BicubicSuperResolution": "sr",

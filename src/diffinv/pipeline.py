@@ -13,6 +13,7 @@ Example
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -117,6 +118,31 @@ def solve(
     return solver.solve(y, op, sigma_y=sigma_y, generator=generator, progress=progress, callback=callback)
 
 
+def solve_with_variance(
+    y: torch.Tensor, op: LinearOperator, solver, variance: torch.Tensor, seed: int = 0, **options
+):
+    """:func:`solve` for a measurement with a known per-bin noise ``variance`` (shape of ``y``; e.g.
+    from ``PoissonNoise``): the methods of ``operators.noise.WEIGHTED_METHODS`` solve the whitened
+    problem ``(W^(1/2) A, W^(1/2) y)`` one sample at a time, with its white noise std; the others get
+    ``sigma_y = sqrt(mean(var))``. The result's NFE and seconds are totals over the samples."""
+    from .operators import noise
+
+    if solver.name not in noise.WEIGHTED_METHODS:
+        return solve(y, op, solver, noise.effective_sigma(variance), seed, **options)
+    w = noise.whitening_weights(variance)
+    parts = []
+    for i in range(y.shape[0]):
+        wop = noise.WeightedOperator(op, w[i : i + 1])
+        sig = float((1.0 / (1.0 / variance[i]).mean()).sqrt())  # whitened noise std
+        parts.append(solve(wop.whiten(y[i : i + 1]), wop, solver, sig, seed, **options))
+    return dataclasses.replace(
+        parts[0],
+        x=torch.cat([p.x for p in parts]),
+        nfe=sum(p.nfe for p in parts),
+        seconds=sum(p.seconds for p in parts),
+    )
+
+
 def degrade(
     x: torch.Tensor, task, sigma_y: float = 0.0, seed: int = 0
 ) -> tuple[LinearOperator, torch.Tensor]:
@@ -133,23 +159,36 @@ def degrade_and_restore(x: torch.Tensor, task, method, prior, sigma_y=0.0, seed=
 
     ``method``: a built solver, or a name built with ``prior``, ``steps`` and the hyperparameters
     in ``kwargs``; ``progress``, ``callback``, ``tile_overlap``, ``tile_batch`` go to :func:`solve`.
+    ``noise=PoissonNoise(...)`` (:mod:`diffinv.operators.noise`, CT) simulates a photon-count scan
+    instead of adding ``sigma_y`` (then ignored), drawn from the same seeded generator.
     """
-    op, y = degrade(x, task, sigma_y, seed)
-    return _restore(y, op, x, method, prior, sigma_y, seed, kwargs)
+    noise = kwargs.pop("noise", None)
+    if noise is None:
+        op, y = degrade(x, task, sigma_y, seed)
+        return _restore(y, op, x, method, prior, sigma_y, seed, kwargs)
+    # Poisson photon noise (operators.noise.PoissonNoise): y and its per-bin variance.
+    op = from_spec(task, tuple(x.shape[1:]), seed=seed) if isinstance(task, str) else task
+    y, var = noise.measure(op, x, torch.Generator().manual_seed(int(seed) + 7919))
+    return _restore(y, op, x, method, prior, sigma_y, seed, kwargs, var)
 
 
 def restore_measured(y: torch.Tensor, op, method, prior, sigma_y=0.0, seed=0, **kwargs) -> Restoration:
     """Restore from an observation ``y`` already in the operator's measurement space (keywords as
-    :func:`degrade_and_restore`); the metrics are consistency only."""
-    return _restore(y, op, None, method, prior, sigma_y, seed, kwargs)
+    :func:`degrade_and_restore`, plus ``variance``: y's per-bin noise variance, e.g. from
+    ``PoissonNoise.from_counts``); the metrics are consistency only."""
+    return _restore(y, op, None, method, prior, sigma_y, seed, kwargs, kwargs.pop("variance", None))
 
 
 _SOLVE_OPTIONS = ("progress", "callback", "tile_overlap", "tile_batch")
 
 
-def _restore(y, op, x_true, method, prior, sigma_y, seed, kwargs) -> Restoration:
+def _restore(y, op, x_true, method, prior, sigma_y, seed, kwargs, variance=None) -> Restoration:
+    """Solve and score; with a per-bin ``variance`` of y, by :func:`solve_with_variance`."""
     options = {k: kwargs.pop(k) for k in _SOLVE_OPTIONS if k in kwargs}
     solver = as_solver(method, prior, kwargs.pop("steps", None), **kwargs)
-    r = solve(y, op, solver, sigma_y, seed, **options)
+    if variance is None:
+        r = solve(y, op, solver, sigma_y, seed, **options)
+    else:
+        r = solve_with_variance(y, op, solver, variance, seed, **options)
     metrics = score(r.x, x_true, op, y)
     return Restoration(r.x, y, op, r.nfe, r.seconds, x_true, metrics, r.params, r.windows)

@@ -47,6 +47,8 @@ from .restore_checks import (  # noqa: F401  (old names of diffinv.restore)
     _restore_channels,
     _with_channels,
     check_arguments,
+    check_noise,
+    measured_variance,
 )
 
 if TYPE_CHECKING:  # torch is imported where it is used, so that check_arguments is fast (no torch)
@@ -125,17 +127,17 @@ def _prepare_measured(path: Path, raw: torch.Tensor, s: _Settings, prior, channe
         bins = y.shape[-1]
         if prior is not None:
             n = prior.image_shape[-1]
-            want = math.ceil(n * math.sqrt(2.0))
+            want = from_spec(spec, (1, n, n)).out_shape[-1]
             if bins != want:
                 raise DiffinvError(
                     f"{path}: sinogram has {bins} detector bins, but the prior {s.model} reconstructs "
                     f"{n}x{n} images, whose {spec} sinograms have {want} bins"
                 )
         else:
-            n = _ct_size_from_bins(bins)
+            n = _ct_size_from_bins(bins, spec)
             if n is None:
                 raise DiffinvError(
-                    f"{path}: {bins} detector bins is not ceil(N*sqrt(2)) for any image size N"
+                    f"{path}: {bins} detector bins fit no image size N for {spec} (give --model to fix N)"
                 )
         shape = (1, n, n)
     else:
@@ -254,6 +256,9 @@ def restore_files(
     save_samples: bool = False,
     callback: Callable | None = None,
     on_result: Callable[[dict, object], None] | None = None,
+    noise: str = "gaussian",
+    photons: float = 1e4,
+    measured_kind: str = "line-integrals",
 ) -> list[dict]:
     """Restore image files with one method; write the results under ``out``; return the records.
 
@@ -328,6 +333,7 @@ def restore_files(
         raise DiffinvError(f"--samples must be an integer >= 1, got {samples!r}")
     if save_samples and samples == 1:
         raise DiffinvError("--save-samples keeps each of several samples; give --samples K with K > 1")
+    photon_noise = check_noise(task, noise, photons, measured, measured_kind, samples)  # or None
     from . import pipeline, priors, solvers
     from .config import write_config, write_json_atomic
     from .data.io import load_image, save_image, save_npy_atomic
@@ -412,6 +418,11 @@ def restore_files(
     try:
         for job in jobs:
             common = dict(sigma_y=float(sigma_y), seed=seed, progress=progress)  # the solver: built once
+            if photon_noise is not None:  # CT photon counts: simulated, or y's per-bin variance
+                common.update(
+                    {"noise": photon_noise} if job.x is not None else
+                    {"variance": measured_variance(photon_noise, job, measured_kind)}
+                )  # fmt: skip
             if tile_batch is not None:  # images larger than the prior: windows per network batch
                 common["tile_batch"] = tile_batch
             if callback is not None:
@@ -436,6 +447,8 @@ def restore_files(
             png = save_image(r.x_hat.clamp(0, 1), out / f"{name}.png")
             written.append(png)
             record = _record(job, s, r.params, r, png)  # the values used (incl. the task's defaults)
+            if photon_noise is not None:
+                record.update(noise=noise, photons=photons, measured_kind=measured_kind)
             if samples > 1:
                 record.update(_write_samples(r, job, out, name, save_samples, written))
             info = infos[len(records)]
@@ -474,6 +487,7 @@ def restore_files(
             "tile_batch": tile_batch,
             "samples": samples,
             "save_samples": save_samples,
+            **({"noise": noise, "photons": photons, "measured_kind": measured_kind} if photon_noise else {}),
             **(extra_config or {}),
         }
         written.append(write_config(out, "restore", settings))

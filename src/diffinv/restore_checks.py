@@ -41,8 +41,16 @@ def _with_channels(t: torch.Tensor, want: int | None, path: Path, why: str) -> t
     raise DiffinvError(f"{path} is a grayscale image, but {why}")
 
 
-def _ct_size_from_bins(bins: int) -> int | None:
-    """The image size N whose default detector has ``bins = ceil(N sqrt 2)`` bins, if any."""
+def _ct_size_from_bins(bins: int, spec: str | None = None) -> int | None:
+    """The image size N whose default detector has ``bins`` bins, if any: ``ceil(N sqrt 2)`` for
+    parallel beam, one pixel at the centre for ``-fan``; None for a ``-bins<n>`` spec (any N)."""
+    if spec is not None and "-bins" in spec:
+        return None
+    if spec is not None and "-fan" in spec:
+        from .operators.ct_geometry import fan_default_bins
+
+        fits = [c for c in range(max(1, bins // 2), bins + 1) if fan_default_bins(c) == bins]
+        return fits[0] if fits else None  # (2k, 2k + 1) share a count: the even size
     n = max(1, math.floor(bins / math.sqrt(2.0)))
     for cand in (n - 1, n, n + 1):
         if cand >= 1 and math.ceil(cand * math.sqrt(2.0)) == bins:
@@ -255,3 +263,36 @@ def _resize_inputs(raws: list, resize: int | bool, prior, measured: bool) -> tup
             else F.interpolate(raw, size=size, mode="bilinear", antialias=True, align_corners=False)
         )
     return out, before
+
+
+def check_noise(
+    task: str | None, noise: str, photons: float, measured: bool, measured_kind: str, samples: int
+):
+    """Refuse a bad ``--noise`` / ``--photons`` / ``--measured-kind`` (no torch); return the noise
+    model (``operators.noise.PoissonNoise``) when photon statistics apply, else None."""
+    if noise not in ("gaussian", "poisson"):
+        raise DiffinvError(f"--noise must be gaussian or poisson, got {noise!r}")
+    if measured_kind not in ("line-integrals", "counts"):
+        raise DiffinvError(f"--measured-kind must be line-integrals or counts, got {measured_kind!r}")
+    if measured_kind == "counts" and not measured:
+        raise DiffinvError("--measured-kind counts describes --measured inputs; add --measured")
+    if noise != "poisson" and measured_kind != "counts":
+        return None
+    if not parse_task(task).is_ct:
+        raise DiffinvError(f"Poisson noise and photon counts need a CT task, got {task!r}")
+    if samples != 1:
+        raise DiffinvError("--samples with Poisson noise is not supported; use --noise gaussian")
+    from .operators.noise import PoissonNoise
+
+    return PoissonNoise(photons)
+
+
+def measured_variance(noise, job, measured_kind: str):
+    """A measured CT job's per-bin variance under photon noise: from counts (converted in place to
+    line integrals), or from line integrals through the expected counts ``I0 exp(-kappa y)``."""
+    import torch
+
+    if measured_kind == "counts":
+        job.y, var = noise.from_counts(job.op, job.y)
+        return var
+    return noise.from_counts(job.op, torch.round(noise.photons * torch.exp(-noise.kappa(job.op) * job.y)))[1]

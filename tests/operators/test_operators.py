@@ -18,6 +18,7 @@ from diffinv.operators import (
     Colorize,
     ComposedOperator,
     Denoise,
+    FanBeamCT,
     Inpaint,
     ParallelBeamCT,
     SuperResolution,
@@ -55,6 +56,9 @@ SPECS = [
     ("ct18", GREY),
     ("ct30", GREY),
     ("ct60", GREY),
+    ("ct12-fan", GREY),
+    ("ct10-a90", GREY),
+    ("ct10-fan-a120-bins30", GREY),
     ("colorize+sr4", RGB),
     ("inpaint-box+colorize+sr4", RGB),
     ("sr2+deblur-gauss", RGB),
@@ -130,7 +134,7 @@ def _effective_A(op, x):
 
 def iterative_pinv(op):
     """True for operators whose pseudo-inverse is computed by CG (CT, CG composites)."""
-    return isinstance(op, ParallelBeamCT) or getattr(op, "pinv_method", None) == "cg"
+    return isinstance(op, (ParallelBeamCT, FanBeamCT)) or getattr(op, "pinv_method", None) == "cg"
 
 
 @pytest.mark.parametrize("spec,shape", SPECS, ids=SPEC_IDS)
@@ -263,6 +267,12 @@ def test_input_validation(spec, shape):
         ("cs0.25+sr2", RGB, "not an image"),
         ("ct18", RGB, r"\(1, N, N\)"),
         ("ct18", (1, 16, 12), r"\(1, N, N\)"),
+        ("ct18-fan", RGB, r"\(1, N, N\)"),
+        ("ct8-a0", GREY, r"angular range must be in \(0, 360\] degrees, got 0"),
+        ("ct8-fan-a361", GREY, r"angular range must be in \(0, 360\] degrees, got 361"),
+        ("ct8-bins10", GREY, "detector too small: bins=10"),
+        ("ct8-fan-bins1", GREY, "at least 2 detector bins"),
+        ("ct8-bins30-fan", GREY, "unknown or malformed"),
     ],
 )
 def test_spec_errors(spec, shape, match):

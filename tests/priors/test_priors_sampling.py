@@ -151,7 +151,10 @@ def test_determinism_and_callback(gauss, sampler):
     }
     f = fns[sampler]
     calls = []
-    a = f(torch.Generator().manual_seed(7), callback=lambda e: calls.append((e["step"], e["x_t"].shape, e["x0"].shape)))
+    a = f(
+        torch.Generator().manual_seed(7),
+        callback=lambda e: calls.append((e["step"], e["x_t"].shape, e["x0"].shape)),
+    )
     b = f(torch.Generator().manual_seed(7), progress=True)
     c = f(torch.Generator().manual_seed(8))
     assert torch.equal(a, b) and not torch.equal(a, c)

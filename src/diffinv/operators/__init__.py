@@ -8,6 +8,7 @@ from .colorize import Colorize
 from .compose import ComposedOperator
 from .cs import BlockRandomCS, WalshHadamardCS, fwht, fwht2, random_orthogonal
 from .ct import ParallelBeamCT
+from .ct_fan import FanBeamCT
 from .deblur import Blur, anisotropic_kernel, gaussian_kernel, motion_kernel, uniform_kernel
 from .denoise import Denoise
 from .dense import MatrixOperator
@@ -29,6 +30,7 @@ __all__ = [
     "WalshHadamardCS",
     "BlockRandomCS",
     "ParallelBeamCT",
+    "FanBeamCT",
     "box_mask",
     "random_mask",
     "stroke_mask",

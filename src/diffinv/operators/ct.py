@@ -47,17 +47,15 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import scipy.sparse
 import torch
 
-from diffinv.operators.base import LinearOperator, WindowRule, check_tensor
-from diffinv.operators.cg import cg
-from diffinv.operators.ct_gram import _SVD_MEMORY, _range_svd  # noqa: F401  (_SVD_MEMORY: tests clear it)
+from diffinv.operators.base import check_tensor
+from diffinv.operators.ct_gram import _SVD_MEMORY  # noqa: F401  (_SVD_MEMORY: tests clear it)
+from diffinv.operators.ct_sparse import SparseCT, _as_int, cached_matrices
 
 from ..errors import DiffinvError
 
@@ -137,27 +135,6 @@ def _build_matrices(size: int, bins: int, theta_rad: np.ndarray) -> tuple[scipy.
     return A, AT
 
 
-def _csr_parts(M: scipy.sparse.csr_matrix) -> tuple:
-    """``(crow_indices, col_indices, values, shape)`` of a CSR matrix as dense CPU tensors."""
-    return (torch.from_numpy(M.indptr), torch.from_numpy(M.indices), torch.from_numpy(M.data), M.shape)
-
-
-def _csr_tensor(parts: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    crow, col, val, shape = parts
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return torch.sparse_csr_tensor(
-            crow.to(device),
-            col.to(device),
-            val.to(device=device, dtype=dtype),
-            size=shape,
-            check_invariants=False,
-        )
-
-
-_PINV_METHODS = ("auto", "gram", "cg")
-
-
 def ramp_filter_response(size: int, filter: str = "ramp") -> np.ndarray:
     """Real frequency response (length ``size // 2 + 1``, for ``rfft``) of an FBP filter.
 
@@ -190,7 +167,7 @@ def ramp_filter_response(size: int, filter: str = "ramp") -> np.ndarray:
     return H
 
 
-class ParallelBeamCT(LinearOperator):
+class ParallelBeamCT(SparseCT):
     """Parallel-beam Radon transform of a ``(1, size, size)`` image into a ``(1, views, bins)`` sinogram.
 
     Parameters
@@ -199,7 +176,7 @@ class ParallelBeamCT(LinearOperator):
         Image side ``N`` (square, single-channel images).
     views:
         Number of projection angles. Unless ``angles`` is given they are equally spaced over
-        180 degrees: ``theta_v = v * 180 / views`` (skimage's
+        ``angular_range`` degrees: ``theta_v = v * angular_range / views`` (default 180: skimage's
         ``np.linspace(0, 180, views, endpoint=False)``).
     bins:
         Detector bins (default ``ceil(N * sqrt(2))``, the image diagonal; smaller values would
@@ -217,6 +194,10 @@ class ParallelBeamCT(LinearOperator):
         ``<= 1e-6 * max(s)`` are dropped).
     cache_dir:
         Directory for the on-disk Gram cache (default: ``$DIFFINV_CACHE_DIR`` if set, else none).
+    angular_range:
+        Degrees spanned by the default angles (``(0, 360]``, default 180). Below 180 it is a
+        limited-angle scan (spec ``ct<views>-a<degrees>``): the FBP uses the true angular step
+        and leaves the missing wedge empty (no Parker-type weights are needed for parallel beam).
 
     The matrix is built once in float64 (see the module docstring for the geometry and the
     strip-area projector) and kept in CSR form together with its transpose, so ``A`` and the
@@ -257,6 +238,7 @@ class ParallelBeamCT(LinearOperator):
         pinv_method: str = "auto",
         gram_rcond: float | None = None,
         cache_dir: str | os.PathLike | None = None,
+        angular_range: float = 180.0,
     ):
         size_i, views_i = _as_int(size, "size"), _as_int(views, "views")
         if size_i < 1:
@@ -273,8 +255,11 @@ class ParallelBeamCT(LinearOperator):
                     f"CT detector too small: bins={bins_i} < ceil(size*sqrt(2))={min_bins} for size={size_i} "
                     "(the image diagonal must fit on the detector)"
                 )
+        rng = float(angular_range)
+        if not (math.isfinite(rng) and 0.0 < rng <= 360.0):
+            raise DiffinvError(f"CT angular_range must be in (0, 360] degrees, got {angular_range!r}")
         if angles is None:
-            theta = np.arange(views_i, dtype=np.float64) * (180.0 / views_i)
+            theta = np.arange(views_i, dtype=np.float64) * (rng / views_i)
         else:
             if isinstance(angles, torch.Tensor):
                 theta = angles.detach().cpu().to(torch.float64).numpy()
@@ -289,164 +274,19 @@ class ParallelBeamCT(LinearOperator):
                 raise DiffinvError("CT angles must be finite")
         super().__init__((1, size_i, size_i), (1, views_i, bins_i))
         self.size, self.views, self.bins = size_i, views_i, bins_i
-        if cg_iters is not None:
-            self.cg_iters = _as_int(cg_iters, "cg_iters")
-        if cg_tol is not None:
-            self.cg_tol = float(cg_tol)
-        if pinv_method not in _PINV_METHODS:
-            raise DiffinvError(
-                f"CT pinv_method must be one of {', '.join(_PINV_METHODS)}, got {pinv_method!r}"
-            )
-        if gram_rcond is not None:
-            rc = float(gram_rcond)
-            if not (math.isfinite(rc) and 0.0 <= rc < 1.0):
-                raise DiffinvError(f"CT gram_rcond must be in [0, 1), got {gram_rcond!r}")
-            self.gram_rcond = rc
-        if cache_dir is None:
-            cache_dir = os.environ.get("DIFFINV_CACHE_DIR") or None
-        self.cache_dir: Path | None = None if cache_dir is None else Path(cache_dir)
+        #: degrees of the uniformly spread views (FBP weight ``angular_range * pi / 180 / views``)
+        self.angular_range = rng
         self.register_buffer("angles", torch.from_numpy(theta.copy()))  # degrees, float64
-        A, AT = _build_matrices(size_i, bins_i, np.deg2rad(theta))
-        self.nnz = int(A.nnz)
-        # float64 master of A and A^T as dense CSR components (sparse tensors cannot be deep-copied
-        # or pickled); sparse tensors per dtype/device are made on use and cached.
-        self._csr64 = (_csr_parts(A), _csr_parts(AT))
-        self._mat_cache: dict = {}
-        self._filter_cache: dict = {}
-        #: Side of the Gram matrix the closed form would factor (non-zero rows / columns of A).
-        self.gram_size = min(np.count_nonzero(np.diff(A.indptr)), np.unique(A.indices).size)
-        if pinv_method == "auto":
-            pinv_method = "gram" if self.gram_size <= self.gram_limit else "cg"
-        #: "gram" (closed form) or "cg" (conjugate gradients), see the module docstring.
-        self.pinv_method: str = pinv_method
-        self._svd64: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-        self._svd_cache: dict = {}
-        self._ata_ones_cache: dict = {}
-
-    # ----------------------------------------------------------------- matrices
-    def _mats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (like.dtype, like.device)
-        hit = self._mat_cache.get(key)
-        if hit is None:
-            hit = tuple(_csr_tensor(parts, like.dtype, like.device) for parts in self._csr64)
-            self._mat_cache[key] = hit
-        return hit
-
-    def __getstate__(self):
-        # Derived data is dropped (recomputed on use; the range SVD is also shared in-process).
-        state = self.__dict__.copy()
-        state["_mat_cache"] = {}
-        state["_svd64"] = None
-        state["_svd_cache"] = {}
-        state["_ata_ones_cache"] = {}
-        return state
-
-    def _scipy_matrix(self) -> scipy.sparse.csr_matrix:
-        crow, col, val, shape = self._csr64[0]
-        return scipy.sparse.csr_matrix((val.numpy(), col.numpy(), crow.numpy()), shape=shape)
-
-    def _range_svd64(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        if self._svd64 is None:
-            self._svd64 = _range_svd(self._scipy_matrix(), float(self.gram_rcond), self.cache_dir)
-        return self._svd64
-
-    def _factors(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        key = (like.dtype, like.device)
-        hit = self._svd_cache.get(key)
-        if hit is None:
-            hit = tuple(
-                torch.from_numpy(a).to(device=like.device, dtype=like.dtype) for a in self._range_svd64()
-            )
-            self._svd_cache[key] = hit
-        return hit
-
-    def partial_svd(
-        self, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(U, s, V)`` with ``A = U diag(s) V^T`` up to the dropped singular values (range part only).
-
-        ``U`` is ``(views*bins, r)`` and ``V`` is ``(size^2, r)``, both with orthonormal columns
-        (over the flattened sinogram / image), ``s`` descending with ``s^2 > gram_rcond * max(s^2)``.
-        Computed from the Gram eigendecomposition (see the module docstring) whatever
-        ``pinv_method`` is. A basis of the null space is not available (it would need the full
-        ``n x n`` decomposition), which is why the operator is not an ``SVDOperator``. The returned
-        tensors are cached: do not modify them in place.
-        """
-        return self._factors(torch.empty(0, dtype=dtype, device=device))
-
-    def matrix(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-        """The projection matrix (sparse CSR, ``views*bins x size^2``) in the given dtype."""
-        return self._mats(torch.empty(0, dtype=dtype))[0]
-
-    # ----------------------------------------------------------------- operator
-    def _A(self, x: torch.Tensor) -> torch.Tensor:
-        A, _ = self._mats(x)
-        B = x.shape[0]
-        y = A @ x.reshape(B, -1).T.contiguous()
-        return y.T.reshape(B, *self.out_shape)
-
-    def _At(self, y: torch.Tensor) -> torch.Tensor:
-        _, AT = self._mats(y)
-        B = y.shape[0]
-        x = AT @ y.reshape(B, -1).T.contiguous()
-        return x.T.reshape(B, *self.in_shape)
-
-    def _pinv(self, y: torch.Tensor) -> torch.Tensor:
-        if self.pinv_method == "gram":
-            # A^+ y = V diag(1/s) U^T y
-            U, s, V = self._factors(y)
-            B = y.shape[0]
-            return ((y.reshape(B, -1) @ U) / s @ V.T).reshape(B, *self.in_shape)
-        # CG on the normal equations from 0 (minimum-norm least squares), at most ``cg_iters``
-        # iterations or until ||A^T (y - A x)|| <= cg_tol * ||A^T y||.
-        return self.cg_normal(y)
-
-    def _damped_pinv(self, r: torch.Tensor, gamma: float) -> torch.Tensor:
-        """``A^T (A A^T + gamma I)^{-1} r`` for ``0 < gamma < inf`` (see :meth:`damped_pinv`).
-
-        Closed form ``V diag(s / (s^2 + gamma)) U^T r`` with ``pinv_method="gram"``; otherwise CG on
-        ``(A^T A + gamma I) x = A^T r`` (the same ``x``), capped at ``cg_iters`` iterations.
-        """
-        B = r.shape[0]
-        if self.pinv_method == "gram":
-            U, s, V = self._factors(r)
-            return ((r.reshape(B, -1) @ U) * (s / (s * s + gamma)) @ V.T).reshape(B, *self.in_shape)
-        return cg(lambda p: self._At(self._A(p)) + gamma * p, self._At(r), self.cg_iters, self.cg_tol)
-
-    def initial_estimate(self, y: torch.Tensor) -> torch.Tensor:
-        """The filtered back-projection :meth:`fbp` (ramp filter)."""
-        return self.fbp(y)
-
-    def spectral_view(self, like: torch.Tensor):
-        """``(s, Vt, V)`` of the range part of the SVD (:meth:`partial_svd`): all DDNM+ needs."""
-        _, s, Vr = self.partial_svd(dtype=like.dtype, device=like.device)
-        shape = tuple(self.in_shape)
-
-        def Vt(x: torch.Tensor) -> torch.Tensor:
-            return x.reshape(x.shape[0], -1) @ Vr
-
-        def V(c: torch.Tensor) -> torch.Tensor:
-            return (c @ Vr.T).reshape(c.shape[0], *shape)
-
-        return s, Vt, V
-
-    def window_rule(self) -> WindowRule:
-        return WindowRule(
-            refusal="CT projections cross the whole image", fixed_size="CT cannot be split into windows"
+        key = ("parallel", size_i, bins_i, theta.tobytes())
+        parts = cached_matrices(key, lambda: _build_matrices(size_i, bins_i, np.deg2rad(theta)))
+        self._setup(
+            parts,
+            cg_iters=cg_iters,
+            cg_tol=cg_tol,
+            pinv_method=pinv_method,
+            gram_rcond=gram_rcond,
+            cache_dir=cache_dir,
         )
-
-    def AtA_ones(self, like: torch.Tensor) -> torch.Tensor:
-        """``A^T A 1`` per pixel, ``(1, 1, size, size)`` (cached per dtype/device; do not modify in place).
-
-        The normaliser of SART/SIRT-type updates (MCG-VE's relaxed projection).
-        """
-        cache = self._ata_ones_cache
-        key, master = (like.dtype, like.device), (torch.float64, torch.device("cpu"))
-        if key not in cache:
-            if master not in cache:  # computed once in float64, then cast
-                cache[master] = self._At(self._A(torch.ones((1, *self.in_shape), dtype=torch.float64)))
-            cache[key] = cache[master].to(device=like.device, dtype=like.dtype)
-        return cache[key]
 
     # ----------------------------------------------------------------- reconstruction
     def filter_sinogram(self, y: torch.Tensor, filter: str = "ramp") -> torch.Tensor:
@@ -471,21 +311,17 @@ class ParallelBeamCT(LinearOperator):
         interpolates the filtered projections). ``pi / views`` is the angular step of views
         spread over 180 degrees; this equals skimage's ``iradon`` convention of a ``2|f|`` filter
         with a ``pi / (2 views)`` scale, so intensities match the image. With explicit
-        non-uniform ``angles`` the same uniform weighting is used.
+        non-uniform ``angles`` the same uniform weighting is used; with ``angular_range`` the
+        step is ``angular_range * pi / 180 / views``.
         """
         if filter not in FILTERS:
             raise DiffinvError(f"unknown FBP filter {filter!r}; choose one of {', '.join(FILTERS)}")
         q = self.filter_sinogram(y, filter)
-        return self._At(q) * (math.pi / self.views)
+        return self._At(q) * (math.pi / self.views * (self.angular_range / 180.0))
 
     def extra_repr(self) -> str:
         return (
-            f"size={self.size}, views={self.views}, bins={self.bins}, nnz={self.nnz}, "
-            f"pinv_method={self.pinv_method!r}"
+            f"size={self.size}, views={self.views}, bins={self.bins}, "
+            + (f"angular_range={self.angular_range:g}, " if self.angular_range != 180.0 else "")
+            + f"nnz={self.nnz}, pinv_method={self.pinv_method!r}"
         )
-
-
-def _as_int(v, name: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-        raise DiffinvError(f"CT {name} must be an integer, got {v!r}")
-    return int(v)

@@ -81,7 +81,10 @@ def _build_one(spec: str, shape: tuple[int, int, int], seed: int) -> LinearOpera
                 shape, float(m[1]), block=int(m[2]) if m[2] else _default_block(H, W), generator=seed
             ),
         ),
-        (r"ct(\d+)", lambda m: _build_ct(shape, _int_in_range(spec, "ct", m[1]))),
+        (
+            rf"ct(\d+)(-fan)?(?:-a{_NUM})?(?:-bins(\d+))?",
+            lambda m: _build_ct(spec, shape, _int_in_range(spec, "ct", m[1]), bool(m[2]), m[3], m[4]),
+        ),
     ]
     for pattern, build in builders:
         match = re.fullmatch(pattern, spec)
@@ -92,13 +95,31 @@ def _build_one(spec: str, shape: tuple[int, int, int], seed: int) -> LinearOpera
     raise _malformed(spec)
 
 
-def _build_ct(shape: tuple[int, int, int], views: int) -> LinearOperator:
-    from .ct import ParallelBeamCT
-
+def _build_ct(
+    spec: str, shape: tuple[int, int, int], views: int, fan: bool, degrees: str | None, bins: str | None
+) -> LinearOperator:
+    """``ct<views>[-fan][-a<degrees>][-bins<n>]`` (suffixes in this order): parallel beam over 180
+    degrees by default, ``-fan`` equiangular fan beam over 360, ``-a`` the angular range (limited
+    angle), ``-bins`` the detector count."""
     C, H, W = shape
     if C != 1 or H != W:
         raise DiffinvError(f"CT specs need a single-channel square image shape (1, N, N), got {shape}")
-    return ParallelBeamCT(size=H, views=views)
+    kwargs = {}
+    if degrees is not None:
+        rng = float(degrees)
+        if not 0.0 < rng <= 360.0:
+            raise DiffinvError(
+                f"degradation spec {spec!r}: angular range must be in (0, 360] degrees, got {rng:g}"
+            )
+        kwargs["angular_range"] = rng
+    n_bins = None if bins is None else int(bins)
+    if fan:
+        from .ct_fan import FanBeamCT
+
+        return FanBeamCT(size=H, views=views, bins=n_bins, **kwargs)
+    from .ct import ParallelBeamCT
+
+    return ParallelBeamCT(size=H, views=views, bins=n_bins, **kwargs)
 
 
 def from_spec(spec: str, shape: tuple[int, int, int], seed: int = 0) -> LinearOperator:
