@@ -13,6 +13,12 @@ the operator from its spec and times, in float32 on one image:
   picked; its choice is listed), with the iteration count,
 * peak resident memory of the process (``ru_maxrss``, includes the ~0.3 GB of torch itself).
 
+Then, per view count at 256 px (parallel beam), DDNM and DDS with a random-weight ADM network
+(``--adm-config``, default ``imagenet256-uncond``, the 552M-parameter network of the DDNM paper,
+with one input channel): seconds per step measured over ``--solver-steps`` steps (2) after one
+warm-up network call, the seconds of one network call alone, and the projected seconds per slice
+at the step counts the CT benchmarks use (DDNM 50, DDS 25). ``--no-solvers`` skips this part.
+
 Targets: 512 px with 60 views forward + adjoint <= 0.5 s, pinv to 1e-3 <= 30 s, nothing over 2 GiB.
 
 Usage::
@@ -85,33 +91,101 @@ def measure_one(size: int, spec: str) -> dict:
     )
 
 
+#: Step counts of the CT benchmarks (library CT defaults), for the projected seconds per slice.
+PROJECTED_STEPS = {"ddnm": 50, "dds": 25}
+
+
+def measure_solvers(size: int, spec: str, config: str, steps: int) -> dict:
+    """DDNM / DDS seconds per step with a random-weight ADM network, in this process."""
+    import torch
+
+    from diffinv import solvers
+    from diffinv.data.ellipses import random_phantoms
+    from diffinv.operators import from_spec
+    from diffinv.priors import ADM_CONFIGS, NetworkPrior, VPSchedule, adm_from_config
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    cfg = dict(ADM_CONFIGS[config]) if config in ADM_CONFIGS else json.loads(config)
+    cfg.update(in_channels=1, image_size=size)
+    net = adm_from_config(cfg).eval().requires_grad_(False)
+    prior = NetworkPrior(net, VPSchedule.linear(1000), image_shape=(1, size, size), prediction="epsilon")
+    op = from_spec(spec, (1, size, size))
+    x = random_phantoms(1, size=size, generator=torch.Generator().manual_seed(0)).float()
+    y = op.A(x)
+    op.pinv(y)  # the one-off pseudo-inverse factors (Gram or CG set-up), outside the timings
+    t_in = torch.full((1,), 500, dtype=torch.long)
+    with torch.no_grad():
+        net(x * 2 - 1, t_in)  # warm-up
+        net_s = _timed(lambda: net(x * 2 - 1, t_in), 1)
+    out = dict(size=size, spec=spec, config=config, params_m=sum(p.numel() for p in net.parameters()) / 1e6)
+    out["network_s"] = net_s
+    for method in PROJECTED_STEPS:
+        solver = solvers.get(method, prior, steps=steps)
+        t = time.perf_counter()
+        solver(y, op, generator=torch.Generator().manual_seed(0))
+        out[f"{method}_step_s"] = (time.perf_counter() - t) / steps
+    out["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
+def solver_lines(rows: list[dict], steps: int) -> list[str]:
+    lines = [
+        f"\n## DDNM and DDS at {rows[0]['size']} px with a random-weight ADM network\n",
+        f"`{rows[0]['config'] if rows[0]['config'][:1] != '{' else 'a small ADM (--quick)'}` with one input channel ({rows[0]['params_m']:.0f}M parameters), float32, one "
+        f"thread; seconds per step measured over {steps} steps; projected s/slice = steps x s/step at the CT "
+        "benchmarks' step counts (DDNM 50, DDS 25).\n",
+        "| spec | network call s | DDNM s/step | DDS s/step | DDNM s/slice (50 steps) | DDS s/slice (25 steps) "
+        "| peak MiB |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['spec']} | {r['network_s']:.2f} | {r['ddnm_step_s']:.2f} | {r['dds_step_s']:.2f} "
+            f"| {50 * r['ddnm_step_s']:.0f} | {25 * r['dds_step_s']:.0f} | {r['peak_mib']:.0f} |"
+        )
+    return lines
+
+
+def _subprocess_json(args: list[str], env: dict) -> dict:
+    run = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, env=env)
+    if run.returncode != 0:
+        raise SystemExit(f"ct_scale: {' '.join(args)} failed:\n{run.stderr[-3000:]}")
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", help="image sizes [64,256,512]")
     ap.add_argument("--views", help="view counts [18,60]")
     ap.add_argument("--quick", action="store_true", help="sizes 32,64 and 18 views (smoke run)")
     ap.add_argument("--out", help="output folder [benchmarks/results]")
+    ap.add_argument("--adm-config", default="imagenet256-uncond", help="ADM network of the solver timings")
+    ap.add_argument("--solver-steps", type=int, default=2, help="steps timed per solver [2]")
+    ap.add_argument("--solver-size", type=int, default=None, help="image size of the solver timings [256]")
+    ap.add_argument("--no-solvers", action="store_true", help="skip the DDNM / DDS timings")
+    ap.add_argument("--solvers-only", action="store_true", help="only the DDNM / DDS timings")
     ap.add_argument("--one", nargs=2, metavar=("SIZE", "SPEC"), help=argparse.SUPPRESS)
+    ap.add_argument("--solver-one", nargs=3, metavar=("SIZE", "SPEC", "CONFIG"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.one:
         print(json.dumps(measure_one(int(args.one[0]), args.one[1])))
         return 0
+    if args.solver_one:
+        size, spec, config = args.solver_one
+        print(json.dumps(measure_solvers(int(size), spec, config, args.solver_steps)))
+        return 0
+    if args.solver_steps < 1:
+        ap.error("--solver-steps must be >= 1")
     sizes = positive_ints(ap, args.sizes, [32, 64] if args.quick else [64, 256, 512], "sizes")
     views = positive_ints(ap, args.views, [18] if args.quick else [18, 60], "views")
     rows = []
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for size in sizes:
+    for size in [] if args.solvers_only else sizes:
         for v in views:
             for spec in (f"ct{v}", f"ct{v}-fan"):
                 log(f"ct_scale: {size} px {spec}")
-                run = subprocess.run(
-                    [sys.executable, __file__, "--one", str(size), spec],
-                    capture_output=True,
-                    text=True,
-                    env=env,
-                    check=True,
-                )
-                rows.append(json.loads(run.stdout.strip().splitlines()[-1]))
+                rows.append(_subprocess_json(["--one", str(size), spec], env))
     lines = [
         "| size | spec | bins | nnz (M) | pinv_method | build s | forward s | adjoint s | fwd+adj s "
         "| FBP s | CG pinv to 1e-3 s (iters) | peak MiB |",
@@ -133,14 +207,42 @@ def main(argv: list[str] | None = None) -> int:
             f"{'met' if r['pinv'] <= 30 else 'missed'}), peak {r['peak_mib']:.0f} MiB (target <= 2048: "
             f"{'met' if r['peak_mib'] <= 2048 else 'missed'})"
         )
-    text = (
-        header("CT operators at scale")
-        + "One image, float32, one thread; each row in a fresh process (peak = its max resident set,\n"
-        + "torch included). CG: normal equations from 0 until ||A^T(y - Ax)|| <= 1e-3 ||A^T y||.\n"
-        + "pinv_method is what `pinv` would use (the Gram closed form only where its side <= 8192).\n\n"
+    solver_rows = []
+    if not args.no_solvers:
+        # quick: a small ADM of the same family at 32 px, so that the smoke run exercises the code
+        size = args.solver_size or (32 if args.quick else 256)
+        config = args.adm_config
+        if args.quick:
+            config = json.dumps(
+                {
+                    "num_channels": 32,
+                    "num_res_blocks": 1,
+                    "attention_resolutions": "16",
+                    "channel_mult": (1, 2),
+                    "num_head_channels": 32,
+                    "learn_sigma": True,
+                }
+            )
+        for v in views:
+            log(f"ct_scale: solvers at {size} px ct{v}")
+            solver_rows.append(
+                _subprocess_json(
+                    ["--solver-one", str(size), f"ct{v}", config, "--solver-steps", str(args.solver_steps)],
+                    env,
+                )
+            )
+    operators = (
+        "One image, float32, one thread; each row in a fresh process (peak = its max resident set,\n"
+        "torch included). CG: normal equations from 0 until ||A^T(y - Ax)|| <= 1e-3 ||A^T y||.\n"
+        "pinv_method is what `pinv` would use (the Gram closed form only where its side <= 8192).\n\n"
         + "\n".join(lines)
         + "\n\n"
         + ("\n".join(verdict) + "\n" if verdict else "")
+    )
+    text = (
+        header("CT operators at scale")
+        + (operators if rows else "")
+        + ("\n".join(solver_lines(solver_rows, args.solver_steps)) + "\n" if solver_rows else "")
     )
     path = write_text(result_path("ct_scale.md", args.out), text)
     log(f"wrote {path}")

@@ -141,3 +141,30 @@ def test_mcg_published_quick(tmp_path):
     runs = json.loads((tmp_path / "mcg_published.json").read_text())["runs"]
     assert [r["label"].split(" (")[0] for r in runs] == ["fbp", "mcg-ve ct.py", "mcg-ve paper"]
     assert all(len(r["psnr"]) == 1 and 0 < r["psnr_mean"] < 100 for r in runs)
+
+
+def test_ct_scale_quick(tmp_path):
+    """ct_scale.py --quick: one row per size x geometry with finite timings, CG iterations, the
+    pinv choice, and the solver table with a small ADM network."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "ct_scale.py"), "--quick", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, f"ct_scale.py failed:\n{proc.stderr[-4000:]}"
+    text = (tmp_path / "ct_scale.md").read_text()
+    assert "- git commit:" in text
+    rows = [line for line in text.splitlines() if re.match(r"\| (32|64) \| ct18(-fan)? \|", line)]
+    assert len(rows) == 4, text
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[4] in ("gram", "cg")
+        iters = int(re.search(r"\((\d+)\)", cells[10]).group(1))
+        assert iters >= 1
+        assert all(math.isfinite(float(c)) for c in cells[5:10] + [cells[11]])
+    solver = [
+        line for line in text.split("## DDNM and DDS", 1)[1].splitlines() if line.startswith("| ct18 |")
+    ]
+    assert len(solver) == 1 and all(math.isfinite(float(c)) for c in solver[0].strip("|").split("|")[1:])

@@ -97,6 +97,25 @@ def check_same(a: torch.Tensor, b: torch.Tensor, names: str = "inputs") -> None:
         raise DiffinvError(f"{names} are on different devices ({a.device} vs {b.device})")
 
 
+def check_sigma(sigma_y) -> float:
+    """``sigma_y`` as a float; DiffinvError unless finite and >= 0."""
+    sigma_y = float(sigma_y)
+    if not math.isfinite(sigma_y) or sigma_y < 0:
+        raise DiffinvError(f"sigma_y must be a finite number >= 0, got {sigma_y}")
+    return sigma_y
+
+
+def add_gaussian_noise(y: torch.Tensor, sigma_y: float, generator: torch.Generator | None) -> torch.Tensor:
+    """``y + sigma_y n``, ``n ~ N(0, I)`` drawn on the generator's device (so that a seed gives the
+    same noise wherever ``y`` lives)."""
+    sigma_y = check_sigma(sigma_y)
+    if sigma_y == 0:
+        return y
+    device = generator.device if generator is not None else y.device
+    noise = torch.randn(y.shape, generator=generator, dtype=y.dtype, device=device)
+    return y + sigma_y * noise.to(y.device)
+
+
 class LinearOperator(nn.Module):
     """A linear map ``A: R^{in_shape} -> R^{out_shape}`` with exact adjoint and pseudo-inverse.
 
@@ -151,16 +170,8 @@ class LinearOperator(nn.Module):
         self, x: torch.Tensor, sigma_y: float = 0.0, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """Simulate a measurement ``y = A x + sigma_y * n``, ``n ~ N(0, I)`` drawn from ``generator``."""
-        sigma_y = float(sigma_y)
-        if not math.isfinite(sigma_y) or sigma_y < 0:
-            raise DiffinvError(f"sigma_y must be a finite number >= 0, got {sigma_y}")
-        y = self.A(x)
-        if sigma_y > 0:
-            # Draw on the generator's device so a seed gives the same noise wherever y lives.
-            device = generator.device if generator is not None else y.device
-            noise = torch.randn(y.shape, generator=generator, dtype=y.dtype, device=device)
-            y = y + sigma_y * noise.to(y.device)
-        return y
+        check_sigma(sigma_y)
+        return add_gaussian_noise(self.A(x), sigma_y, generator)
 
     def project(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Range-null-space decomposition ``A^dagger y + (I - A^dagger A) x`` (consistent with y)."""

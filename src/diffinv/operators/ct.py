@@ -55,7 +55,7 @@ import torch
 
 from diffinv.operators.base import check_tensor
 from diffinv.operators.ct_gram import _SVD_MEMORY  # noqa: F401  (_SVD_MEMORY: tests clear it)
-from diffinv.operators.ct_sparse import SparseCT, _as_int, cached_matrices
+from diffinv.operators.ct_sparse import SparseCT, _as_int, cached_matrices, size_and_views
 
 from ..errors import DiffinvError
 
@@ -219,12 +219,7 @@ class ParallelBeamCT(SparseCT):
     #: costs two sparse products (~0.2 ms at 16 px / 30 views, ~60 ms at 256 px / 60 views on one
     #: CPU core), so pass a smaller ``cg_iters`` for large images when an approximate pseudo-inverse
     #: is enough.
-    cg_iters: int = 2000
-    cg_tol: float = 1e-10
-    #: Largest Gram side for which ``pinv_method="auto"`` picks the closed form.
-    gram_limit: int = 8192
-    #: Relative eigenvalue threshold of the closed-form pseudo-inverse (see the module docstring).
-    gram_rcond: float = 1e-12
+    cg_iters: int = 2000  # (the SparseCT default, restated for the measurements above)
 
     def __init__(
         self,
@@ -240,11 +235,7 @@ class ParallelBeamCT(SparseCT):
         cache_dir: str | os.PathLike | None = None,
         angular_range: float = 180.0,
     ):
-        size_i, views_i = _as_int(size, "size"), _as_int(views, "views")
-        if size_i < 1:
-            raise DiffinvError(f"CT image size must be >= 1, got {size}")
-        if views_i < 1:
-            raise DiffinvError(f"CT needs at least 1 view, got views={views}")
+        size_i, views_i = size_and_views(size, views)
         min_bins = math.ceil(size_i * math.sqrt(2.0))
         if bins is None:
             bins_i = min_bins
@@ -292,15 +283,7 @@ class ParallelBeamCT(SparseCT):
     def filter_sinogram(self, y: torch.Tensor, filter: str = "ramp") -> torch.Tensor:
         """Apply the FBP filter along the detector axis (zero-padded to a power of two >= 2*bins)."""
         check_tensor(y, self.out_shape, "y", f"for {self.name}")
-        pad = max(64, 1 << math.ceil(math.log2(2 * self.bins)))
-        key = (pad, filter)
-        H = self._filter_cache.get(key)
-        if H is None:
-            H = torch.from_numpy(ramp_filter_response(pad, filter))
-            self._filter_cache[key] = H
-        Yf = torch.fft.rfft(y, n=pad, dim=-1)
-        q = torch.fft.irfft(Yf * H.to(device=y.device, dtype=y.dtype), n=pad, dim=-1)
-        return q[..., : self.bins].contiguous()
+        return self._filter_detector(y, filter, lambda pad: ramp_filter_response(pad, filter)).contiguous()
 
     def fbp(self, y: torch.Tensor, filter: str = "ramp") -> torch.Tensor:
         """Filtered back-projection ``(pi / views) * A^T (h * y)``.

@@ -42,7 +42,7 @@ from ..errors import DiffinvError
 from .base import check_tensor
 from .ct import FILTERS, ramp_filter_response
 from .ct_geometry import corner_radius, fan_default_bins, fan_rays, siddon_matrix
-from .ct_sparse import SparseCT, _as_int, cached_matrices
+from .ct_sparse import SparseCT, _as_int, cached_matrices, size_and_views
 
 # Pixel-views per chunk of the FBP back-projection (bounds its temporary memory).
 _BP_CHUNK = 1 << 22
@@ -105,11 +105,7 @@ class FanBeamCT(SparseCT):
         gram_rcond: float | None = None,
         cache_dir: str | os.PathLike | None = None,
     ):
-        size_i, views_i = _as_int(size, "size"), _as_int(views, "views")
-        if size_i < 1:
-            raise DiffinvError(f"CT image size must be >= 1, got {size}")
-        if views_i < 1:
-            raise DiffinvError(f"CT needs at least 1 view, got views={views}")
+        size_i, views_i = size_and_views(size, views)
         sd, dd, rng = float(source_distance), float(detector_distance), float(angular_range)
         R = corner_radius(size_i)
         if not (math.isfinite(sd) and sd * size_i > R):
@@ -172,16 +168,9 @@ class FanBeamCT(SparseCT):
         check_tensor(y, self.out_shape, "y", f"for {self.name}")
         if filter not in FILTERS:
             raise DiffinvError(f"unknown FBP filter {filter!r}; choose one of {', '.join(FILTERS)}")
-        pad = max(64, 1 << math.ceil(math.log2(2 * self.bins)))
-        key = (pad, filter)
-        G = self._filter_cache.get(key)
-        if G is None:
-            G = torch.from_numpy(fan_filter_response(pad, self.bins, self.dgamma, filter))
-            self._filter_cache[key] = G
         w = (self.D * torch.cos(self.gammas)).to(device=y.device, dtype=y.dtype)
-        Yf = torch.fft.rfft(y * w, n=pad, dim=-1)
-        q = torch.fft.irfft(Yf * G.to(device=y.device, dtype=y.dtype), n=pad, dim=-1)
-        return q[..., : self.bins] * self.dgamma
+        response = lambda pad: fan_filter_response(pad, self.bins, self.dgamma, filter)  # noqa: E731
+        return self._filter_detector(y * w, filter, response) * self.dgamma
 
     def backproject_fbp(self, q: torch.Tensor) -> torch.Tensor:
         """Pixel-driven, distance-weighted back-projection ``sum_v q_v(gamma'(P)) / L^2(P)`` (not the adjoint).

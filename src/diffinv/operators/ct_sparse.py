@@ -57,6 +57,16 @@ def _as_int(v, name: str) -> int:
     return int(v)
 
 
+def size_and_views(size, views) -> tuple[int, int]:
+    """``(size, views)`` as ints, checked (image side >= 1, at least one view)."""
+    size_i, views_i = _as_int(size, "size"), _as_int(views, "views")
+    if size_i < 1:
+        raise DiffinvError(f"CT image size must be >= 1, got {size}")
+    if views_i < 1:
+        raise DiffinvError(f"CT needs at least 1 view, got views={views}")
+    return size_i, views_i
+
+
 def _csr_parts(M: scipy.sparse.csr_matrix) -> tuple:
     """``(crow_indices, col_indices, values, shape)`` of a CSR matrix as dense CPU tensors."""
     return (torch.from_numpy(M.indptr), torch.from_numpy(M.indices), torch.from_numpy(M.data), M.shape)
@@ -261,6 +271,18 @@ class SparseCT(LinearOperator):
             U, s, V = self._factors(r)
             return ((r.reshape(B, -1) @ U) * (s / (s * s + gamma)) @ V.T).reshape(B, *self.in_shape)
         return cg(lambda p: self._At(self._A(p)) + gamma * p, self._At(r), self.cg_iters, self.cg_tol)
+
+    def _filter_detector(
+        self, y: torch.Tensor, key: str, response: Callable[[int], np.ndarray]
+    ) -> torch.Tensor:
+        """``y`` filtered along the detector axis by the frequency response ``response(pad)`` (rfft
+        length ``pad``, zero padding to a power of two >= 2 * bins; cached per ``(pad, key)``)."""
+        pad = max(64, 1 << math.ceil(math.log2(2 * self.bins)))
+        H = self._filter_cache.get((pad, key))
+        if H is None:
+            H = self._filter_cache[(pad, key)] = torch.from_numpy(response(pad))
+        Yf = torch.fft.rfft(y, n=pad, dim=-1)
+        return torch.fft.irfft(Yf * H.to(device=y.device, dtype=y.dtype), n=pad, dim=-1)[..., : self.bins]
 
     def initial_estimate(self, y: torch.Tensor) -> torch.Tensor:
         """The filtered back-projection ``fbp`` (ramp filter)."""

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ..errors import DiffinvError
-from .base import Shape, check_tensor
+from .base import Shape, add_gaussian_noise, check_sigma, check_tensor
 
 __all__ = ["NonlinearOperator", "PhaseRetrieval", "is_nonlinear"]
 
@@ -79,16 +79,9 @@ class NonlinearOperator(nn.Module):
         self, x: torch.Tensor, sigma_y: float = 0.0, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """``y = F(x) + sigma_y n``, ``n ~ N(0, I)`` drawn from ``generator`` (on its device)."""
-        sigma_y = float(sigma_y)
-        if not math.isfinite(sigma_y) or sigma_y < 0:
-            raise DiffinvError(f"sigma_y must be a finite number >= 0, got {sigma_y}")
+        check_sigma(sigma_y)
         with torch.no_grad():
-            y = self.forward(x)
-        if sigma_y > 0:
-            device = generator.device if generator is not None else y.device
-            noise = torch.randn(y.shape, generator=generator, dtype=y.dtype, device=device)
-            y = y + sigma_y * noise.to(y.device)
-        return y
+            return add_gaussian_noise(self.forward(x), sigma_y, generator)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
