@@ -67,3 +67,22 @@ def test_ddim_ignores_y():
     assert solver.last_nfe == 20
     c = solvers.get("ddim", prior, steps=20, eta=1.0)(y, op, generator=torch.Generator().manual_seed(1))
     assert not torch.allclose(a, c)
+
+
+@pytest.mark.parametrize(
+    "name, key, bad, message",
+    [
+        ("dps", "zeta", float("nan"), "zeta must be a finite number >= 0, got nan"),
+        ("reddiff", "lr", 0.0, "lr must be a finite number > 0, got 0.0"),
+        ("daps", "tau", -1.0, "tau must be a finite number > 0, got -1.0"),
+        ("dds", "gamma", "x", "gamma must be a finite number >= 0 or None, got 'x'"),
+        ("mcg", "grad_weight", True, "grad_weight must be a finite number >= 0 or None, got True"),
+        ("fista-tv", "lam", float("inf"), "lam must be a finite number >= 0, got inf"),
+    ],
+)
+def test_numeric_hyperparameters_are_checked_with_one_message(name, key, bad, message):
+    prior = correlated_prior((1, 4, 4))
+    solvers.get(name, prior, **{key: None} if key in ("gamma", "grad_weight") else {})  # the default is fine
+    with pytest.raises(ValueError) as info:
+        solvers.get(name, prior, **{key: bad})
+    assert str(info.value) == message

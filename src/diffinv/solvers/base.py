@@ -166,6 +166,24 @@ class Solver:
         if eta is not None and not 0.0 <= float(eta) <= 1.0:
             raise DiffinvError(f"eta must be in [0, 1], got {self.params['eta']}")
 
+    def check_numbers(self, *keys: str, positive: bool = False, optional: bool = False) -> None:
+        """DiffinvError unless each ``params[key]`` is a finite real number >= 0 (> 0 if ``positive``;
+        None allowed if ``optional``)."""
+        for key in keys:
+            v = self.params[key]
+            if optional and v is None:
+                continue
+            try:
+                ok = not isinstance(v, bool) and math.isfinite(float(v)) and float(v) >= 0
+                ok = ok and not (positive and float(v) == 0)
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                bound = ">" if positive else ">="
+                raise DiffinvError(
+                    f"{key} must be a finite number {bound} 0{' or None' if optional else ''}, got {v!r}"
+                )
+
     def check_operator(self, op: LinearOperator) -> None:
         if is_nonlinear(op) and not self.accepts_nonlinear:
             takers = [n for n, c in sorted(_REGISTRY.items()) if c.accepts_nonlinear]
@@ -255,6 +273,15 @@ class Solver:
             r = (y_z - op(self.prior.to_image(zg))) / self.prior.scale
             (g,) = torch.autograd.grad(r, zg, grad_outputs=-r.detach())
         return r.detach(), g.detach()
+
+    def model_problem(
+        self, y: torch.Tensor, op: LinearOperator, sigma_y: float, generator: torch.Generator | None
+    ):
+        """``(y_z, sigma_z, noise)``: y and its noise std in model space (:meth:`measurement_to_model`)
+        and the standard normal source of the restored batch (:meth:`noise_source`): every
+        sampler's opening."""
+        y_z, sigma_z = self.measurement_to_model(y, op, sigma_y)
+        return y_z, sigma_z, self.noise_source(y_z, op, generator)
 
     def noise_source(self, like: torch.Tensor, op: LinearOperator, generator: torch.Generator | None):
         """A function that draws standard normal noise in the shape of the restored batch,

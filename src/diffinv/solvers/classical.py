@@ -157,9 +157,7 @@ class FistaTV(Solver):
 
     def validate_params(self) -> None:
         super().validate_params()
-        lam = self.params["lam"]
-        if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam >= 0):
-            raise DiffinvError(f"lam must be a finite number >= 0, got {lam!r}")
+        self.check_numbers("lam")
         for key in ("inner", "power_iters"):
             v = self.params[key]
             if isinstance(v, bool) or int(v) != v or v < 1:
@@ -209,10 +207,7 @@ class CGTikhonov(Solver):
 
     def validate_params(self) -> None:
         super().validate_params()
-        for key in ("lam", "tol"):
-            v = self.params[key]
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-                raise DiffinvError(f"{key} must be a finite number >= 0, got {v!r}")
+        self.check_numbers("lam", "tol")
 
     def _solve(self, y, op, sigma_y, generator, progress, callback):
         lam, tol = float(self.params["lam"]), float(self.params["tol"])

@@ -119,10 +119,7 @@ class DAPS(Solver):
                 raise DiffinvError(
                     f"{key} must be an integer >= {1 if key == 'ode_steps' else 0}, got {p[key]!r}"
                 )
-        for key in ("lr", "tau", "sigma_max", "sigma_min"):
-            v = float(p[key])
-            if not math.isfinite(v) or v <= 0:
-                raise DiffinvError(f"{key} must be a finite number > 0, got {p[key]!r}")
+        self.check_numbers("lr", "tau", "sigma_max", "sigma_min", positive=True)
         if not 0.0 < float(p["lr_min_ratio"]) <= 1.0:
             raise DiffinvError(f"lr_min_ratio must be in (0, 1], got {p['lr_min_ratio']!r}")
         if float(p["sigma_min"]) >= float(p["sigma_max"]):
@@ -142,12 +139,11 @@ class DAPS(Solver):
 
     def _solve(self, y, op, sigma_y, generator, progress, callback):
         p = self.params
-        y_z, _ = self.measurement_to_model(y, op, sigma_y)
+        y_z, _, noise = self.model_problem(y, op, sigma_y, generator)
         n, J = int(p["steps"]), int(p["langevin_steps"])
         lr, ratio, inv_tau2 = float(p["lr"]), float(p["lr_min_ratio"]), 1.0 / float(p["tau"]) ** 2
         top = min(float(p["sigma_max"]), float(self.prior.schedule.sigmas[-1]))
         sigmas = edm_sigmas(n, top, min(float(p["sigma_min"]), top))
-        noise = self.noise_source(y_z, op, generator)
         x = sigmas[0] * noise()  # x_T ~ N(0, sigma_max^2 I)
         for i in self.iterate(range(n), progress):
             sigma = sigmas[i]

@@ -84,11 +84,7 @@ class DDS(Solver):
         m = self.params["cg_iters"]
         if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
             raise DiffinvError(f"cg_iters must be a positive integer or None, got {m!r}")
-        g = self.params["gamma"]
-        if g is not None and (
-            isinstance(g, bool) or not isinstance(g, (int, float)) or not 0 <= g < math.inf
-        ):
-            raise DiffinvError(f"gamma must be a finite number >= 0 or None, got {g!r}")
+        self.check_numbers("gamma", optional=True)
 
     def gamma_for(self, sigma_y: float) -> float:
         """The proximity weight used: ``gamma``, or for None 0 (sigma_y = 0) / the authors' 1.0."""
@@ -107,10 +103,9 @@ class DDS(Solver):
 
     def _solve(self, y, op, sigma_y, generator, progress, callback):
         prior = self.prior
-        y_z, sigma_z = self.measurement_to_model(y, op, sigma_y)
+        y_z, sigma_z, noise = self.model_problem(y, op, sigma_y, generator)
         gamma = self.gamma_for(float(sigma_z))
         eta = float(self.params["eta"])
-        noise = self.noise_source(y_z, op, generator)
         steps, x = warm_start(
             prior.schedule, int(self.params["steps"]), float(self.params["start"]), y_z, op, noise
         )

@@ -74,17 +74,15 @@ class DiffPIR(Solver):
     def validate_params(self) -> None:
         super().validate_params()
         check_start(self.params["start"])
-        lam, zeta = self.params["lam"], self.params["zeta"]
-        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not 0 < lam < math.inf:
-            raise DiffinvError(f"lam must be a finite number > 0, got {lam!r}")
+        self.check_numbers("lam", positive=True)
+        zeta = self.params["zeta"]
         if isinstance(zeta, bool) or not isinstance(zeta, (int, float)) or not 0 <= zeta <= 1:
             raise DiffinvError(f"zeta must be in [0, 1], got {zeta!r}")
 
     def _solve(self, y, op, sigma_y, generator, progress, callback):
         prior = self.prior
-        y_z, sigma_z = self.measurement_to_model(y, op, sigma_y)
+        y_z, sigma_z, noise = self.model_problem(y, op, sigma_y, generator)
         lam, zeta = float(self.params["lam"]), float(self.params["zeta"])
-        noise = self.noise_source(y_z, op, generator)
         steps, x = warm_start(
             prior.schedule, int(self.params["steps"]), float(self.params["start"]), y_z, op, noise
         )

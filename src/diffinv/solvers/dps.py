@@ -56,9 +56,6 @@ Example
 
 from __future__ import annotations
 
-import math
-
-from ..errors import DiffinvError
 from ..priors.steps import bnorm, ddim_step_from_x0, safe_div
 from .base import Solver, register
 
@@ -79,15 +76,12 @@ class DPS(Solver):
 
     def validate_params(self) -> None:
         super().validate_params()
-        zeta = float(self.params["zeta"])
-        if not math.isfinite(zeta) or zeta < 0:
-            raise DiffinvError(f"zeta must be a finite number >= 0, got {self.params['zeta']!r}")
+        self.check_numbers("zeta")
 
     def _solve(self, y, op, sigma_y, generator, progress, callback):
         prior = self.prior
-        y_z, _ = self.measurement_to_model(y, op, sigma_y)
+        y_z, _, noise = self.model_problem(y, op, sigma_y, generator)
         zeta = float(self.params["zeta"])
-        noise = self.noise_source(y_z, op, generator)
         x = noise()  # x_N ~ N(0, I)
         for s in self.iterate(self.time_grid(), progress):
             x0, vjp = self.tweedie(x, s, callback, need_grad=zeta > 0)  # x0|i (Tweedie)

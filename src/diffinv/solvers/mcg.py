@@ -261,12 +261,7 @@ class MCG(Solver):
             raise DiffinvError(f"form must be {self.form!r} for {type(self).__name__}, got {p['form']!r}")
         if p["weight_matrix"] not in _WEIGHTS:
             raise DiffinvError(f"weight_matrix must be one of {_WEIGHTS}, got {p['weight_matrix']!r}")
-        if p["grad_weight"] is not None:
-            gw = float(p["grad_weight"])
-            if not math.isfinite(gw) or gw < 0:
-                raise DiffinvError(
-                    f"grad_weight must be a finite number >= 0 (or None), got {p['grad_weight']!r}"
-                )
+        self.check_numbers("grad_weight", optional=True)
 
     @property
     def alpha(self) -> float:
@@ -313,9 +308,8 @@ class MCGVP(MCG):
 
     def _solve(self, y, op, sigma_y, generator, progress, callback):
         prior = self.prior
-        y_z, sigma_z = self.measurement_to_model(y, op, sigma_y)
+        y_z, sigma_z, noise = self.model_problem(y, op, sigma_y, generator)
         alpha = self.alpha
-        noise = self.noise_source(y_z, op, generator)
         x = noise()  # x_N ~ N(0, I)
         for s in self.iterate(self.time_grid(), progress):
             x0, vjp = self.tweedie(x, s, callback, need_grad=alpha > 0)  # x0|i (Tweedie)
@@ -351,9 +345,7 @@ class MCGVE(MCG):
         for key, allowed in (("lam_schedule", _LAM_SCHEDULES), ("ve_projection", _VE_PROJECTIONS)):
             if p[key] not in allowed:
                 raise DiffinvError(f"{key} must be one of {allowed}, got {p[key]!r}")
-        snr = float(p["snr"])
-        if not math.isfinite(snr) or snr < 0:
-            raise DiffinvError(f"snr must be a finite number >= 0, got {p['snr']!r}")
+        self.check_numbers("snr")
         check_predictor(p["predictor"])
         if int(p["steps"]) > MAX_VE_STEPS:
             raise DiffinvError(
@@ -391,12 +383,11 @@ class MCGVE(MCG):
 
     def _solve(self, y, op, sigma_y, generator, progress, callback):
         prior = self.prior
-        y_z, sigma_z = self.measurement_to_model(y, op, sigma_y)
+        y_z, sigma_z, noise = self.model_problem(y, op, sigma_y, generator)
         alpha = self.alpha
         snr = float(self.params["snr"])
         grid = self.time_grid(continuous=True)  # continuous beyond the training steps
         n = len(grid)
-        noise = self.noise_source(y_z, op, generator)
         D = self._ve_normaliser(op, y_z)
         if D is not None:
             pos = D > 0

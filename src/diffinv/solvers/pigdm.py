@@ -70,9 +70,8 @@ class PiGDM(Solver):
 
     def _solve(self, y, op, sigma_y, generator, progress, callback):
         prior = self.prior
-        y_z, sigma_z = self.measurement_to_model(y, op, sigma_y)
+        y_z, sigma_z, noise = self.model_problem(y, op, sigma_y, generator)
         eta = float(self.params["eta"])
-        noise = self.noise_source(y_z, op, generator)
         x = noise()  # x_T ~ N(0, I)
         for s in self.iterate(self.time_grid(), progress):
             x0, vjp = self.tweedie(x, s, callback, need_grad=True)  # x0|t (Tweedie)

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import math
 
-from ..errors import DiffinvError
 from .base import Solver, register
 
 BETAS = (0.9, 0.99)  # Adam's moment decays (the authors' code)
@@ -67,19 +66,14 @@ class REDDiff(Solver):
 
     def validate_params(self) -> None:
         super().validate_params()
-        for key in ("lr", "lam"):
-            v = float(self.params[key])
-            if not math.isfinite(v) or v < 0 or (key == "lr" and v == 0):
-                raise DiffinvError(
-                    f"{key} must be a finite number {'>' if key == 'lr' else '>='} 0, got {v!r}"
-                )
+        self.check_numbers("lr", positive=True)
+        self.check_numbers("lam")
 
     def _solve(self, y, op, sigma_y, generator, progress, callback):
         prior = self.prior
-        y_z, sigma_z = self.measurement_to_model(y, op, sigma_y)
+        y_z, sigma_z, noise = self.model_problem(y, op, sigma_y, generator)
         lr, lam = float(self.params["lr"]), float(self.params["lam"])
         n, m = math.prod(op.in_shape), math.prod(op.out_shape)
-        noise = self.noise_source(y_z, op, generator)
         mu = op.damped_pinv(y_z, sigma_z**2)  # mu_0 = A^T (A A^T + sigma_y^2 I)^-1 y  (A^+ y if sigma_y = 0)
         m1, m2 = mu.new_zeros(mu.shape), mu.new_zeros(mu.shape)
         for k, s in enumerate(self.iterate(self.time_grid(), progress), start=1):

@@ -72,8 +72,6 @@ Example
 
 from __future__ import annotations
 
-import math
-
 from ..errors import DiffinvError
 from ..priors.steps import MAX_VE_STEPS, VE_PREDICTORS, check_predictor, langevin_step
 from ._guidance import noised_measurement
@@ -94,9 +92,7 @@ class ScoreProj(Solver):
 
     def validate_params(self) -> None:
         super().validate_params()
-        snr = float(self.params["snr"])
-        if not math.isfinite(snr) or snr < 0:
-            raise DiffinvError(f"snr must be a finite number >= 0, got {self.params['snr']!r}")
+        self.check_numbers("snr")
         lam = float(self.params["lam"])
         if not 0.0 <= lam <= 1.0:
             raise DiffinvError(f"lam must be in [0, 1], got {self.params['lam']!r}")
@@ -108,10 +104,9 @@ class ScoreProj(Solver):
 
     def _solve(self, y, op, sigma_y, generator, progress, callback):
         prior = self.prior
-        y_z, sigma_z = self.measurement_to_model(y, op, sigma_y)
+        y_z, sigma_z, noise = self.model_problem(y, op, sigma_y, generator)
         snr, lam = float(self.params["snr"]), float(self.params["lam"])
         grid = self.time_grid(continuous=True)  # continuous beyond the training steps
-        noise = self.noise_source(y_z, op, generator)
         predict = VE_PREDICTORS[self.params["predictor"]]
 
         def data_step(r, sigma):  # A^+ r, or with noise the damped A^T (A A^T + sigma_y^2 / sigma^2 I)^-1 r
