@@ -188,3 +188,16 @@ def test_limited_angle_fbp(spec):
     p_full = _psnr(full.fbp(full.A(xt))[0, 0].numpy(), x)
     assert 11.0 <= p_lim < p_full - 10.0
     assert np.isfinite(p_lim)
+
+
+def test_auto_pinv_method_keeps_the_closed_form_factors_under_the_memory_cap(monkeypatch):
+    """ "gram" only where U and V ((m + n) x side float64) fit in gram_factor_bytes, else "cg"."""
+    from diffinv.operators.ct_sparse import SparseCT
+
+    op = from_spec("ct8", (1, 32, 32))
+    assert op.pinv_method == "gram"
+    need = (op.out_shape[-1] * op.out_shape[-2] + 32 * 32) * op.gram_size * 8
+    monkeypatch.setattr(SparseCT, "gram_factor_bytes", need - 1)
+    assert from_spec("ct8", (1, 32, 32)).pinv_method == "cg"
+    monkeypatch.setattr(SparseCT, "gram_factor_bytes", need)
+    assert from_spec("ct8", (1, 32, 32)).pinv_method == "gram"

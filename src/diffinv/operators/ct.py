@@ -35,7 +35,8 @@ Pseudo-inverse
 --------------
 ``pinv`` has two implementations, chosen by ``pinv_method`` (see :class:`ParallelBeamCT`):
 
-* ``"gram"`` (default while the smaller Gram matrix has side ``<= gram_limit``): the exact closed
+* ``"gram"`` (default while the smaller Gram matrix has side ``<= gram_limit`` and the factors fit
+  in ``gram_factor_bytes``, see :mod:`diffinv.operators.ct_sparse`): the exact closed
   form ``A^+ = V diag(1/s) U^T`` from the range SVD of ``A``, obtained once from the
   eigendecomposition of the smaller Gram matrix (``gram_rcond`` threshold, accuracy, cost and the
   in-memory / on-disk caches: :mod:`diffinv.operators.ct_gram`).
@@ -187,7 +188,7 @@ class ParallelBeamCT(SparseCT):
         Cap and relative tolerance of the conjugate-gradient pseudo-inverse (``pinv_method="cg"``).
     pinv_method:
         ``"auto"`` (default): ``"gram"`` when the smaller Gram matrix has side ``<= gram_limit``
-        (8192), else ``"cg"``; or force ``"gram"`` (exact closed form, see the module docstring) or
+        (8192) and its float64 factors take ``<= gram_factor_bytes`` (2 GiB), else ``"cg"``; or force ``"gram"`` (exact closed form, see the module docstring) or
         ``"cg"``. The resolved choice is the attribute ``pinv_method``.
     gram_rcond:
         Relative threshold on the Gram eigenvalues (default ``1e-12``, i.e. singular values

@@ -18,7 +18,9 @@ Pseudo-inverse
 --------------
 ``pinv_method="auto"`` picks the closed form ``"gram"`` (:mod:`diffinv.operators.ct_gram`: range
 SVD from the eigendecomposition of the smaller Gram matrix, dense, ``side^2`` float64) while that
-side is ``<= gram_limit`` (8192, a 512 MB Gram matrix), else ``"cg"``: matrix-free conjugate
+side is ``<= gram_limit`` (8192, a 512 MB Gram matrix) and its factors ``U`` and ``V`` (``(m + n) x
+side`` float64, kept for every later call) fit in ``gram_factor_bytes`` (2 GiB: 64 px at any view
+count, 128 px up to 45 views, 256 px up to ~8 views), else ``"cg"``: matrix-free conjugate
 gradients on the normal equations (:func:`diffinv.operators.cg.cg`). The choice is the attribute
 ``pinv_method`` and part of the ``repr``.
 """
@@ -122,6 +124,8 @@ class SparseCT(LinearOperator):
     cg_tol: float = 1e-10
     #: Largest Gram side for which ``pinv_method="auto"`` picks the closed form.
     gram_limit: int = 8192
+    #: Largest size of the closed form's float64 factors U and V, ``(m + n) * side * 8`` bytes.
+    gram_factor_bytes: int = 2 << 30
     #: Relative eigenvalue threshold of the closed-form pseudo-inverse (see :mod:`.ct_gram`).
     gram_rcond: float = 1e-12
 
@@ -163,7 +167,9 @@ class SparseCT(LinearOperator):
         nz_cols = int(torch.count_nonzero(parts[1][0][1:] - parts[1][0][:-1]))
         self.gram_size = min(nz_rows, nz_cols)
         if pinv_method == "auto":
-            pinv_method = "gram" if self.gram_size <= self.gram_limit else "cg"
+            factors = (crow.numel() - 1 + parts[1][0].numel() - 1) * self.gram_size * 8
+            fits = self.gram_size <= self.gram_limit and factors <= self.gram_factor_bytes
+            pinv_method = "gram" if fits else "cg"
         #: "gram" (closed form) or "cg" (conjugate gradients), see the module docstring.
         self.pinv_method: str = pinv_method
         self._svd64: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
