@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     operators = (
         "One image, float32, one thread; each row in a fresh process (peak = its max resident set,\n"
         "torch included). CG: normal equations from 0 until ||A^T(y - Ax)|| <= 1e-3 ||A^T y||.\n"
-        "pinv_method is what `pinv` would use (the Gram closed form only where its side <= 8192).\n\n"
+        "pinv_method is what `pinv` would use (the Gram closed form only where its side <= 8192 and its factors fit in 2 GiB).\n\n"
         + "\n".join(lines)
         + "\n\n"
         + ("\n".join(verdict) + "\n" if verdict else "")
