@@ -188,7 +188,7 @@ def log(msg: str) -> None:
 # ---------------------------------------------------------------------------------------- tuning
 def make_operator(views: int, args):
     """``ct<views>`` with its pseudo-inverse factors computed up front (timed in ``args.gram_seconds``)."""
-    op = from_spec(f"ct{views}{args.geometry}", SHAPE)
+    op = from_spec(f"ct{views}{getattr(args, 'geometry', '')}", SHAPE)  # ct_sweep.py has no --geometry
     t = time.perf_counter()
     op.pinv(torch.zeros(1, *op.out_shape))  # the one-off Gram eigendecomposition (cached per geometry)
     args.gram_seconds[views] = args.gram_seconds.get(views, 0.0) + time.perf_counter() - t
