@@ -439,6 +439,7 @@ def evaluate(
     slices = {"window": window, "hu_offset": hu_offset, "resize": bool(resize)}
     slices = slices if window or hu_offset is not None or resize else None
     rank, world, local_rank, owns_group = _init_distributed()
+    finished = False
     try:
         dev = _resolve_device(device, local_rank)
         plan = _together(
@@ -486,9 +487,12 @@ def evaluate(
         summary = _together(world, lambda: _merge(out_dir, plan, figure_rows) if rank == 0 else None)
         if summary is None:  # other ranks: the merged results are complete on disk now
             summary = summarize(_gather_records(out_dir, plan), plan.methods)
+        finished = True
         return summary
     finally:
         if owns_group:
             import torch.distributed as dist
 
+            if finished:  # every rank here: tear gloo down together (a rank that left first
+                dist.barrier()  # aborted the other with "terminate called without an active exception")
             dist.destroy_process_group()
