@@ -91,6 +91,14 @@ def blind_estimate(op, y: torch.Tensor, prior: GaussianPrior) -> torch.Tensor:
     return op.project(mean.contiguous(), y)
 
 
+def oracle_problem(op, prior: GaussianPrior, sigma_y: float, seed: int = 1):
+    """``(y, posterior mean, blind error)``: a seeded measurement, its exact posterior mean, and the
+    distance of the correlation-blind estimate from it (the bar every usefulness test must beat)."""
+    _, y = make_measurement(op, prior, sigma_y, seed=seed)
+    post_mean, _ = prior.posterior(op, y, sigma_y)
+    return y, post_mean, (blind_estimate(op, y, prior) - post_mean).norm().item()
+
+
 # ---------------------------------------------------------------------- small operators for tests
 def selection_matrix(n: int, m: int, seed: int = 0) -> torch.Tensor:
     """m random rows of the n x n identity (inpainting-like pixel selection)."""

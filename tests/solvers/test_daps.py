@@ -11,6 +11,7 @@ from problems import (
     correlated_prior,
     make_measurement,
     mc_mean_error,
+    oracle_problem,
     selection_operator,
     small_operators,
     wide_operator,
@@ -50,9 +51,7 @@ CASES = [
 @pytest.mark.parametrize("opname, sigma_y, extra", CASES)
 def test_sample_mean_beats_correlation_blind_estimate(prior, opname, sigma_y, extra):
     op = OPERATORS[opname]()
-    _, y = make_measurement(op, prior, sigma_y, seed=1)
-    post_mean, _ = prior.posterior(op, y, sigma_y)
-    blind = (blind_estimate(op, y, prior) - post_mean).norm().item()
+    y, post_mean, blind = oracle_problem(op, prior, sigma_y)
     solver = solvers.get("daps", prior, **FAST, **extra)
     err, _ = mc_mean_error(solver, op, y, post_mean, sigma_y=sigma_y, num=NUM)
     print(

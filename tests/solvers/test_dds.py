@@ -10,6 +10,7 @@ from problems import (
     correlated_prior,
     make_measurement,
     mc_mean_error,
+    oracle_problem,
     small_operators,
     try_spec,
     wide_operator,
@@ -45,9 +46,7 @@ OPERATORS = small_operators(SHAPE)
 )
 def test_sample_mean_beats_correlation_blind_estimate(prior, opname, sigma_y):
     op = OPERATORS[opname]()
-    _, y = make_measurement(op, prior, sigma_y, seed=1)
-    post_mean, _ = prior.posterior(op, y, sigma_y)
-    blind = (blind_estimate(op, y, prior) - post_mean).norm().item()
+    y, post_mean, blind = oracle_problem(op, prior, sigma_y)
     err, _ = mc_mean_error(solvers.get("dds", prior, steps=STEPS), op, y, post_mean, sigma_y=sigma_y, num=NUM)
     print(f"dds {opname} sigma_y={sigma_y}: |mean - posterior mean| = {err:.4f}, blind = {blind:.4f}")
     assert err < 0.75 * blind

@@ -11,6 +11,7 @@ from problems import (
     correlated_prior,
     make_measurement,
     mc_mean_error,
+    oracle_problem,
     selection_operator,
     small_operators,
     wide_operator,
@@ -46,9 +47,7 @@ CASES = [
 @pytest.mark.parametrize("opname, sigma_y, zeta", CASES)
 def test_sample_mean_beats_correlation_blind_estimate(prior, opname, sigma_y, zeta):
     op = OPERATORS[opname]()
-    _, y = make_measurement(op, prior, sigma_y, seed=1)
-    post_mean, _ = prior.posterior(op, y, sigma_y)
-    blind = (blind_estimate(op, y, prior) - post_mean).norm().item()
+    y, post_mean, blind = oracle_problem(op, prior, sigma_y)
     solver = solvers.get("dps", prior, steps=STEPS, zeta=zeta)
     err, _ = mc_mean_error(solver, op, y, post_mean, sigma_y=sigma_y, num=NUM)
     print(f"dps {opname} sigma_y={sigma_y}: |mean - posterior mean| = {err:.4f}, blind = {blind:.4f}")

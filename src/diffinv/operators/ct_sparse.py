@@ -69,6 +69,21 @@ def size_and_views(size, views) -> tuple[int, int]:
     return size_i, views_i
 
 
+def range_pinv(r: torch.Tensor, factors, in_shape, gamma: float = 0.0) -> torch.Tensor:
+    """``V diag(s / (s^2 + gamma)) U^T r`` from range factors ``(U, s, V)`` of ``A`` (``A^+ r`` for
+    ``gamma = 0``, else the damped ``A^T (A A^T + gamma I)^{-1} r``), images of shape ``in_shape``."""
+    U, s, V = factors
+    c = r.reshape(r.shape[0], -1) @ U
+    c = c / s if gamma == 0 else c * (s / (s * s + gamma))
+    return (c @ V.T).reshape(r.shape[0], *in_shape)
+
+
+def range_spectral_view(s: torch.Tensor, Vr: torch.Tensor, in_shape):
+    """``(s, Vt, V)`` (see ``LinearOperator.spectral_view``) from the range part ``Vr`` of an SVD."""
+    shape = tuple(in_shape)
+    return s, (lambda x: x.reshape(x.shape[0], -1) @ Vr), (lambda c: (c @ Vr.T).reshape(c.shape[0], *shape))
+
+
 def _csr_parts(M: scipy.sparse.csr_matrix) -> tuple:
     """``(crow_indices, col_indices, values, shape)`` of a CSR matrix as dense CPU tensors."""
     return (torch.from_numpy(M.indptr), torch.from_numpy(M.indices), torch.from_numpy(M.data), M.shape)
@@ -258,10 +273,7 @@ class SparseCT(LinearOperator):
 
     def _pinv(self, y: torch.Tensor) -> torch.Tensor:
         if self.pinv_method == "gram":
-            # A^+ y = V diag(1/s) U^T y
-            U, s, V = self._factors(y)
-            B = y.shape[0]
-            return ((y.reshape(B, -1) @ U) / s @ V.T).reshape(B, *self.in_shape)
+            return range_pinv(y, self._factors(y), self.in_shape)  # A^+ y = V diag(1/s) U^T y
         # CG on the normal equations from 0 (minimum-norm least squares), at most ``cg_iters``
         # iterations or until ||A^T (y - A x)|| <= cg_tol * ||A^T y||.
         return self.cg_normal(y)
@@ -272,10 +284,8 @@ class SparseCT(LinearOperator):
         Closed form ``V diag(s / (s^2 + gamma)) U^T r`` with ``pinv_method="gram"``; otherwise CG on
         ``(A^T A + gamma I) x = A^T r`` (the same ``x``), capped at ``cg_iters`` iterations.
         """
-        B = r.shape[0]
         if self.pinv_method == "gram":
-            U, s, V = self._factors(r)
-            return ((r.reshape(B, -1) @ U) * (s / (s * s + gamma)) @ V.T).reshape(B, *self.in_shape)
+            return range_pinv(r, self._factors(r), self.in_shape, gamma)
         return cg(lambda p: self._At(self._A(p)) + gamma * p, self._At(r), self.cg_iters, self.cg_tol)
 
     def _filter_detector(
@@ -297,15 +307,7 @@ class SparseCT(LinearOperator):
     def spectral_view(self, like: torch.Tensor):
         """``(s, Vt, V)`` of the range part of the SVD (:meth:`partial_svd`): all DDNM+ needs."""
         _, s, Vr = self.partial_svd(dtype=like.dtype, device=like.device)
-        shape = tuple(self.in_shape)
-
-        def Vt(x: torch.Tensor) -> torch.Tensor:
-            return x.reshape(x.shape[0], -1) @ Vr
-
-        def V(c: torch.Tensor) -> torch.Tensor:
-            return (c @ Vr.T).reshape(c.shape[0], *shape)
-
-        return s, Vt, V
+        return range_spectral_view(s, Vr, self.in_shape)
 
     def window_rule(self) -> WindowRule:
         return WindowRule(

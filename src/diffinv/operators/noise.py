@@ -34,6 +34,7 @@ import torch
 
 from ..errors import DiffinvError
 from .base import LinearOperator
+from .ct_sparse import range_pinv, range_spectral_view
 
 #: Solvers given the whitened problem (``W^(1/2) A``, ``W^(1/2) y``) when a per-bin variance is known.
 WEIGHTED_METHODS = ("fista-tv", "cg-tikhonov", "ddnm+", "dds")
@@ -111,6 +112,7 @@ class WeightedOperator(LinearOperator):
         self.inner = op
         self.sqrt_w = weights.sqrt()
         self._svd: tuple | None = None  # range SVD of W^(1/2) A (numpy float64), () when not available
+        self._svd_cache: dict = {}  # the same as tensors, per (dtype, device)
         spec = getattr(op, "spec", None)
         if spec is not None:
             self.spec = spec
@@ -137,35 +139,30 @@ class WeightedOperator(LinearOperator):
             self._svd = (svd_of(self.sqrt_w) if svd_of is not None else None) or ()
         if not self._svd:
             return None
-        return tuple(torch.from_numpy(a).to(device=like.device, dtype=like.dtype) for a in self._svd)
+        key = (like.dtype, like.device)  # converted once per dtype/device (every solver step asks)
+        if key not in self._svd_cache:
+            self._svd_cache[key] = tuple(
+                torch.from_numpy(a).to(device=like.device, dtype=like.dtype) for a in self._svd
+            )
+        return self._svd_cache[key]
 
     def _pinv(self, y: torch.Tensor) -> torch.Tensor:
         f = self._factors(y)
         if f is None:
             return super()._pinv(y)
-        U, s, V = f  # A_w^+ y = V diag(1/s) U^T y
-        return ((y.reshape(y.shape[0], -1) @ U) / s @ V.T).reshape(y.shape[0], *self.in_shape)
+        return range_pinv(y, f, self.in_shape)  # A_w^+ y = V diag(1/s) U^T y
 
     def _damped_pinv(self, r: torch.Tensor, gamma: float) -> torch.Tensor:
         f = self._factors(r)
         if f is None:
             return super()._damped_pinv(r, gamma)
-        U, s, V = f  # A_w^T (A_w A_w^T + gamma I)^{-1} r = V diag(s / (s^2 + gamma)) U^T r
-        return ((r.reshape(r.shape[0], -1) @ U) * (s / (s * s + gamma)) @ V.T).reshape(
-            r.shape[0], *self.in_shape
-        )
+        return range_pinv(r, f, self.in_shape, gamma)  # A_w^T (A_w A_w^T + gamma I)^{-1} r
 
     def spectral_view(self, like: torch.Tensor):
         f = self._factors(like)
         if f is None:
             return None
-        _, s, Vr = f
-        shape = tuple(self.in_shape)
-        return (
-            s,
-            (lambda x: x.reshape(x.shape[0], -1) @ Vr),
-            (lambda c: (c @ Vr.T).reshape(c.shape[0], *shape)),
-        )
+        return range_spectral_view(f[1], f[2], self.in_shape)
 
     def window_rule(self):
         return self.inner.window_rule()
