@@ -168,3 +168,14 @@ def test_ct_scale_quick(tmp_path):
         line for line in text.split("## DDNM and DDS", 1)[1].splitlines() if line.startswith("| ct18 |")
     ]
     assert len(solver) == 1 and all(math.isfinite(float(c)) for c in solver[0].strip("|").split("|")[1:])
+
+
+def test_ct_geometry_option():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import pytest
+    from ct import parse_args
+
+    assert parse_args(["--quick", "--geometry=-fan-a120"]).geometry == "-fan-a120"
+    assert parse_args(["--quick"]).geometry == ""
+    with pytest.raises(SystemExit):
+        parse_args(["--quick", "--geometry=-bogus"])

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from diffinv import priors
@@ -153,3 +154,26 @@ def test_prior_quality_quick_on_a_named_prior(tmp_path):
     values = [float(v) for line in rows for v in NUMBER.findall(line)]
     assert values and all(math.isfinite(v) and v >= 0 for v in values)
     assert (tmp_path / "prior_quality_ct-ellipses-64.png").is_file()
+
+
+def test_ct_real_settings_option():
+    """--settings SPEC[@g<sigma>|@p<I0>]: geometries and noise models, checked before any work."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from ct_real import label, parse_args
+
+    args = parse_args(["--settings", "ct18-fan,ct18@p1e4,ct8@g0.01,ct8@g0", "--prior-wrong", "none"])
+    assert args.settings == [
+        ("ct18-fan", "none", 0.0),
+        ("ct18", "poisson", 1e4),
+        ("ct8", "gauss", 0.01),
+        ("ct8", "none", 0.0),
+    ]
+    assert args.priors == ("chest",)
+    assert [label(s) for s in args.settings[:3]] == [
+        "ct18-fan",
+        "18 views, Poisson I0=1e4",
+        "8 views, σ=0.01",
+    ]
+    for bad in ("ct8@x1", "ct8@p0", "ct8-bogus"):
+        with pytest.raises(SystemExit):
+            parse_args(["--settings", bad])
