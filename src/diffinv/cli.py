@@ -156,6 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--window", metavar="PRESET|C,W", help="CT slices in HU (DICOM / --hu-offset): window to [0, 1]"
     )
     tr.add_argument("--hu-offset", type=float, default=None, help="16-bit slices store HU + this (e.g. 1024)")
+    tr.add_argument(
+        "--augment",
+        metavar="PRESET|KEY=V,...",
+        help="train on whole images under random augmentation instead of crops: 'ct', 'geometric', or "
+        "rotate=DEG,zoom=F,shift=F,contrast=F,brightness=F,gamma=F",
+    )
     tr.add_argument("--quiet", action="store_true")
     tr.set_defaults(func=_cmd_train)
     ev = sub.add_parser(

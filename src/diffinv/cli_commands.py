@@ -93,6 +93,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         init_from=init_from,
         window=args.window or "",
         hu_offset=args.hu_offset,
+        augment=args.augment or "",
     )
     summary = train(cfg, resume=args.resume)
     print(

@@ -70,6 +70,7 @@ class TrainConfig:
     init_from: str = ""  # a diffusers folder (e.g. a shipped prior) to start from instead of random weights
     window: str = ""  # CT slices in HU (DICOM, or 16-bit files with hu_offset): window preset or "C,W"
     hu_offset: float | None = None
+    augment: str = ""  # "" (random crops and flips), a preset ("ct") or "rotate=10,zoom=0.1,..."
     name: str = ""
     notes: dict = field(default_factory=dict)
 
@@ -91,6 +92,10 @@ class TrainConfig:
             from .data.medical import parse_window
 
             parse_window(self.window)  # an unknown preset or a bad width fails before any work
+        if self.augment:
+            from .data.augment import Augmentation
+
+            Augmentation.parse(self.augment)
         if self.data != "ellipses" and not Path(self.data).is_dir():
             raise DiffinvError(f"data must be an image folder or 'ellipses'; {self.data!r} is not a folder")
 
@@ -126,7 +131,7 @@ def make_schedule(cfg: TrainConfig) -> VPSchedule:
 
 def make_data(cfg: TrainConfig):
     """The training stream of ``cfg.data``: ellipse phantoms, or random crops of an image folder."""
-    return training_stream(cfg.data, cfg.size, cfg.channels, cfg.window, cfg.hu_offset)
+    return training_stream(cfg.data, cfg.size, cfg.channels, cfg.window, cfg.hu_offset, cfg.augment)
 
 
 # ---------------------------------------------------------------------------------------- I/O
@@ -416,6 +421,13 @@ def write_model_card(cfg: TrainConfig, summary: dict, out: Path) -> None:
         if cfg.data == "ellipses"
         else f"random {cfg.size}x{cfg.size} crops (and half-resolution crops, flips) of `{cfg.data}`"
     )
+    if cfg.augment:
+        from .data.augment import Augmentation
+
+        data_desc = (
+            f"whole images of `{cfg.data}` area-resized to {cfg.size}x{cfg.size} under random augmentation "
+            f"({Augmentation.parse(cfg.augment).describe()}) and flips"
+        )
     credit = ""
     if "BSD" in cfg.data or "natural" in cfg.data:
         credit = (
@@ -425,6 +437,7 @@ def write_model_card(cfg: TrainConfig, summary: dict, out: Path) -> None:
     command = (
         f"diffinv train --data {cfg.data} --size {cfg.size} --channels {cfg.channels} --out {cfg.out} "
         f"--steps {cfg.steps} --batch {cfg.batch} --lr {cfg.lr} --seed {cfg.seed}"
+        + (f" --augment {cfg.augment}" if cfg.augment else "")
     )
     extra = "\n".join(f"- {k}: {v}" for k, v in cfg.notes.items())
     text = f"""# {cfg.name or Path(cfg.out).name}

@@ -12,6 +12,32 @@ from PIL import Image
 
 from ..errors import DiffinvError
 
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".nii", ".nii.gz")
+
+
+def load_folder(folder: str, channels: int, window: str = "", hu_offset: float | None = None):
+    """Every image of ``folder`` (every slice of a NIfTI volume) as a PIL image with ``channels``
+    channels; CT in HU goes through ``window`` to 8 bits like the rest. Yields ``(path, image)``."""
+    files = sorted(p for p in Path(folder).iterdir() if p.name.lower().endswith(IMAGE_EXTENSIONS))
+    if not files:
+        raise DiffinvError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
+    mode = "RGB" if channels == 3 else "L"
+    for path in files:
+        medical = path.name.lower().endswith((".dcm", ".nii", ".nii.gz"))
+        if medical or window or hu_offset is not None:
+            from .medical import load_slice, slices_of
+
+            for k in slices_of(path):
+                unit, _ = load_slice(path, window or None, hu_offset, slice_index=k)
+                arr = (unit[0, 0].numpy() * 255).round().astype(np.uint8)
+                yield path, Image.fromarray(arr).convert(mode)
+            continue
+        try:
+            with Image.open(path) as im:
+                yield path, im.convert(mode)
+        except OSError as exc:
+            raise DiffinvError(f"cannot read training image {path}: {exc}") from exc
+
 
 class ImageFolderCrops:
     """Random crops (and horizontal flips) from every image of a folder, held in memory as uint8.
@@ -19,33 +45,18 @@ class ImageFolderCrops:
     Each image is also kept at half resolution, so crops see both fine texture and larger structure.
     """
 
-    extensions = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".nii", ".nii.gz")
+    extensions = IMAGE_EXTENSIONS
 
     def __init__(
         self, folder: str, size: int, channels: int, window: str = "", hu_offset: float | None = None
     ):
-        files = sorted(p for p in Path(folder).iterdir() if p.name.lower().endswith(self.extensions))
-        if not files:
-            raise DiffinvError(f"no images ({', '.join(self.extensions)}) in {folder}")
-        self.size, self.images = size, []
-        for path in files:
-            medical = path.name.lower().endswith((".dcm", ".nii", ".nii.gz"))
-            if medical or window or hu_offset is not None:
-                from .medical import load_slice, slices_of  # HU through the window, to 8 bits like the rest
-
-                for k in slices_of(path):  # every slice of a NIfTI volume
-                    unit, _ = load_slice(path, window or None, hu_offset, slice_index=k)
-                    arr = (unit[0, 0].numpy() * 255).round().astype(np.uint8)
-                    self._add(Image.fromarray(arr).convert("RGB" if channels == 3 else "L"), size, channels)
-                continue
-            try:
-                with Image.open(path) as im:
-                    self._add(im.convert("RGB" if channels == 3 else "L"), size, channels)
-            except OSError as exc:
-                raise DiffinvError(f"cannot read training image {path}: {exc}") from exc
+        self.size, self.images, files = size, [], []
+        for path, im in load_folder(folder, channels, window, hu_offset):
+            self._add(im, size, channels)
+            files.append(path)
         if not self.images:
             raise DiffinvError(f"no image in {folder} is at least {size}x{size}")
-        self.files = files
+        self.files = sorted(set(files))
 
     def _add(self, im: Image.Image, size: int, channels: int) -> None:
         """Keep ``im`` at full and half resolution (each where it is at least ``size`` pixels)."""
@@ -69,6 +80,38 @@ class ImageFolderCrops:
         return torch.stack(out).float() / 255.0
 
 
+class AugmentedWholeImages:
+    """Whole images of a folder (centre square), each under a random ``Augmentation`` (affine map at
+    its own resolution, area resize to ``size``, horizontal flip, intensity map); see ``augment.py``."""
+
+    def __init__(
+        self,
+        folder: str,
+        size: int,
+        channels: int,
+        augmentation,
+        window: str = "",
+        hu_offset: float | None = None,
+    ):
+        self.size, self.aug, self.images, files = size, augmentation, [], []
+        for path, im in load_folder(folder, channels, window, hu_offset):
+            if min(im.width, im.height) >= size:
+                arr = np.asarray(im).reshape(im.height, im.width, channels)
+                self.images.append(torch.from_numpy(arr.copy()).permute(2, 0, 1))
+                files.append(path)
+        if not self.images:
+            raise DiffinvError(f"no image in {folder} is at least {size}x{size}")
+        self.files = sorted(set(files))
+
+    def batch(self, n: int, g: torch.Generator) -> torch.Tensor:
+        idx = torch.randint(len(self.images), (n,), generator=g)
+        out = []
+        for i in idx.tolist():
+            image = self.aug.warp(self.images[i].float() / 255.0, self.size, g)
+            out.append(image.flip(-1) if bool(torch.rand(1, generator=g) < 0.5) else image)
+        return self.aug.intensity(torch.stack(out), g)
+
+
 class EllipseStream:
     """Random ellipse phantoms (``diffinv.data.ellipses``) with random flips."""
 
@@ -82,11 +125,23 @@ class EllipseStream:
 
 
 def training_stream(
-    data: str, size: int, channels: int, window: str = "", hu_offset: float | None = None
-) -> ImageFolderCrops | EllipseStream:
-    """``EllipseStream`` for ``data == "ellipses"`` (1 channel), else ``ImageFolderCrops`` of the folder."""
+    data: str,
+    size: int,
+    channels: int,
+    window: str = "",
+    hu_offset: float | None = None,
+    augment: str = "",
+) -> ImageFolderCrops | AugmentedWholeImages | EllipseStream:
+    """``EllipseStream`` for ``data == "ellipses"`` (1 channel); for a folder, ``AugmentedWholeImages``
+    when ``augment`` names an augmentation (``augment.Augmentation.parse``), else ``ImageFolderCrops``."""
     if data == "ellipses":
         if channels != 1:
             raise DiffinvError("ellipse phantoms have 1 channel: use --channels 1")
+        if augment:
+            raise DiffinvError("--augment applies to image folders, not to generated ellipse phantoms")
         return EllipseStream(size)
+    if augment:
+        from .augment import Augmentation
+
+        return AugmentedWholeImages(data, size, channels, Augmentation.parse(augment), window, hu_offset)
     return ImageFolderCrops(data, size, channels, window, hu_offset)
