@@ -207,6 +207,9 @@ def test_ve_projection_auto_choice(prior):
     assert solver._ve_normaliser(selection_operator(SHAPE, 5), y) is not None  # mask: SART
     assert solver._ve_normaliser(blur_operator(SHAPE), y) is not None  # non-negative: SART
     assert solver._ve_normaliser(wide_operator(SHAPE, 6), y) is None  # signed: A^+
+    assert solver._ve_normaliser(blur_operator(SHAPE), y, noisy=True) is None  # noisy: damped A^+
+    sart = solvers.get("mcg", prior, form="ve", ve_projection="sart")
+    assert sart._ve_normaliser(blur_operator(SHAPE), y, noisy=True) is not None  # explicit choice kept
 
 
 def test_parameters(prior):
