@@ -66,6 +66,7 @@ def test_matches_written_out_algorithm(prior):
     sigma_y, tau, lr, ratio = 0.05, 0.05, 1e-3, 0.1
     _, y = make_measurement(op, prior, sigma_y, seed=4, batch=2)
     params = {"steps": 3, "ode_steps": 2, "langevin_steps": 2, "lr": lr, "lr_min_ratio": ratio, "tau": tau}
+    params["sigma_min"] = 0.1  # the paper's; the default (None) is the prior's smallest level
     x = solvers.get("daps", prior, **params)(y, op, sigma_y, generator=torch.Generator().manual_seed(3))
 
     M, sched = op.matrix, prior.schedule
@@ -89,7 +90,7 @@ def test_matches_written_out_algorithm(prior):
         ode = [(s ** (1 / 7) + k * (0.01 ** (1 / 7) - s ** (1 / 7))) ** 7 for k in range(2)]
         d = D(z, ode[0])
         x0_hat = D(z + (ode[1] - ode[0]) * (z - d) / ode[0], ode[1])
-        eta = lr * (1 + i / 2 * (ratio - 1))
+        eta = min(lr * (1 + i / 2 * (ratio - 1)), s**2)  # the cap on the prior term's step
         x0 = x0_hat
         for _ in range(2):
             grad_lik = ((y_z - x0.flatten(1) @ M.T) @ M).reshape(x0.shape) / tau**2
@@ -172,6 +173,13 @@ def test_parameters(prior):
     p = solvers.get("daps", prior).params
     assert p["steps"] == 200 and p["ode_steps"] == 5 and p["langevin_steps"] == 100
     assert p["lr"] == 1e-4 and p["tau"] == 0.01 and p["lr_min_ratio"] == 0.01
+    levels = prior.schedule.sigmas
+    grid = solvers.get(
+        "daps", prior, steps=7
+    ).annealing_sigmas()  # default: down to the prior's smallest level
+    assert len(grid) == 7 and grid[-1] == pytest.approx(float(levels[0])) and grid[0] <= float(levels[-1])
+    assert all(a > b for a, b in zip(grid, grid[1:]))
+    assert solvers.get("daps", prior, steps=7, sigma_min=0.1).annealing_sigmas()[-1] == pytest.approx(0.1)
     for bad in (
         {"lr": 0.0},
         {"lr": float("nan")},
