@@ -105,6 +105,11 @@ tests) need smaller alpha: the normalised step has a fixed length per iteration,
 a 16-pixel image.
 
 NFE: VP one evaluation per step (with back-propagation when grad_weight > 0); VE two per step.
+
+Calibration of the VP form's spread against an exact Gaussian posterior (:mod:`diffinv.posterior`,
+tests/solvers/test_posterior_calibration.py, 200 steps): strongly under-dispersed at the default
+grad_weight 1.0 (90% coverage 0.63, variance ratio 0.46), close to nominal at 0.1 (0.86, 0.91);
+benchmarks/results/solver_notes.md.
 Cost: besides the network, a VE step applies A^+ up to twice (W = A^+ and the null-space
 restriction). CT's ``op.pinv`` is exact and cheap up to about 64x64 (a cached Gram
 eigendecomposition); for large geometries it falls back to conjugate gradients, which then dominates --
