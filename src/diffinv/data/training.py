@@ -5,12 +5,16 @@ resumed run draws exactly what an uninterrupted one would."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
 
 from ..errors import DiffinvError
+
+if TYPE_CHECKING:
+    from .augment import Augmentation
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".nii", ".nii.gz")
 
@@ -44,8 +48,6 @@ class ImageFolderCrops:
 
     Each image is also kept at half resolution, so crops see both fine texture and larger structure.
     """
-
-    extensions = IMAGE_EXTENSIONS
 
     def __init__(
         self, folder: str, size: int, channels: int, window: str = "", hu_offset: float | None = None
@@ -89,7 +91,7 @@ class AugmentedWholeImages:
         folder: str,
         size: int,
         channels: int,
-        augmentation,
+        augmentation: Augmentation,
         window: str = "",
         hu_offset: float | None = None,
     ):

@@ -130,8 +130,7 @@ class DAPS(Solver):
                     f"{key} must be an integer >= {1 if key == 'ode_steps' else 0}, got {p[key]!r}"
                 )
         self.check_numbers("lr", "tau", "sigma_max", positive=True)
-        if p["sigma_min"] is not None:
-            self.check_numbers("sigma_min", positive=True)
+        self.check_numbers("sigma_min", positive=True, optional=True)
         if not 0.0 < float(p["lr_min_ratio"]) <= 1.0:
             raise DiffinvError(f"lr_min_ratio must be in (0, 1], got {p['lr_min_ratio']!r}")
         if p["sigma_min"] is not None and float(p["sigma_min"]) >= float(p["sigma_max"]):
