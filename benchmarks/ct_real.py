@@ -319,11 +319,45 @@ def report(args, command, window, names, results, total, png_name, shown) -> str
     lines += ["\n## PSNR (dB), mean over slices\n", *summary_table(results, "psnr", ".2f", label)]
     if "ellipses" in args.priors:
         lines += wrong_prior_table(args, results)
+    lines += per_patient_table(args, names, results)
     lines.append("\n## Per setting\n")
     for setting, res in results.items():
         lines += [f"\n### {label(setting)}\n", *method_table(res)]
     lines += targets(args, results)
     return "\n".join(lines) + "\n"
+
+
+def patient_sources(data: Path) -> dict[str, str]:
+    """``{patientNN: "patient id, source"}`` from the manifest beside ``data`` (files ``patientNN_k``)."""
+    manifest = data.parent / f"{data.name}_manifest.csv"
+    if not manifest.is_file():
+        return {}
+    with open(manifest, newline="") as f:
+        return {
+            row["file"].split("_")[0]: f"{row['patient'][:24]}, {row.get('source_repo', '').split('+')[-1]}"
+            for row in csv.DictReader(f)
+        }
+
+
+def per_patient_table(args, names, results) -> list[str]:
+    """Mean PSNR per patient, noiseless settings: where the chest prior helps and where it does not
+    (the dev patients include head and abdomen scans that no chest slice resembles)."""
+    patients = sorted({n.split("_")[0] for n in names})
+    sources = patient_sources(args.data)
+    lines = []
+    for setting, res in results.items():
+        if setting[1] != "none" or len(patients) < 2:
+            continue
+        methods = list(res)
+        lines += [f"\n## PSNR (dB) per patient, {label(setting)}\n"]
+        lines.append("| patient (source) | slices | " + " | ".join(methods) + " |")
+        lines.append("|---|---|" + "---|" * len(methods))
+        for p in patients:
+            idx = [i for i, n in enumerate(names) if n.split("_")[0] == p]
+            cells = [f"{sum(res[m]['psnr'][i] for i in idx) / len(idx):.2f}" for m in methods]
+            src = f" ({sources[p]})" if sources.get(p) else ""
+            lines.append(f"| {p}{src} | {len(idx)} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def wrong_prior_table(args, results) -> list[str]:

@@ -93,13 +93,14 @@ def make_operator(task: str, seed: int):
     )
 
 
-def load_faces(data: Path, n: int) -> tuple[torch.Tensor, list[str], str]:
-    """(faces (N, 3, 64, 64), names, description of the source)."""
+def load_faces(data: Path, n: int, start: int = 0) -> tuple[torch.Tensor, list[str], str]:
+    """(faces (N, 3, 64, 64), names, description of the source): ``n`` faces from the ``start``-th."""
     identity = data / "celeba_identity.txt"
     if identity.is_file():
-        files = [data / "celeba" / f for f in sorted(celeba_split(identity)["dev"])[:n]]
+        files = [data / "celeba" / f for f in sorted(celeba_split(identity)["dev"])[start : start + n]]
+        which = f"the first {len(files)}" if start == 0 else f"numbers {start + 1} to {start + len(files)}"
         source = (
-            f"the first {len(files)} by file name of the CelebA dev split (identities divisible by 10) of "
+            f"{which} by file name of the CelebA dev split (identities divisible by 10) of "
             f"`{rel_path(data)}`, the 64x64 box {CELEBA_BOX} of the 89x109 aligned photos. CelebA: Liu, Luo, "
             "Wang, Tang, ICCV 2015, for non-commercial research only"
         )
@@ -109,7 +110,7 @@ def load_faces(data: Path, n: int) -> tuple[torch.Tensor, list[str], str]:
             if data.is_file()
             else sorted(p for p in data.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         )
-        files = files[:n]
+        files = files[start : start + n]
         source = f"stand-in image(s) `{rel_path(data)}`, not the CelebA dev split"
     else:
         raise SystemExit(
@@ -162,6 +163,9 @@ def parse_args(argv=None):
         metavar="METHOD.KEY=VALUE",
         help="a hyperparameter of one method, e.g. daps.ode_steps=1 (repeatable; steps here beat --steps)",
     )
+    ap.add_argument(
+        "--start", type=int, default=0, help="skip this many dev faces (run a later slice of the split)"
+    )
     ap.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="faces per solver call")
     ap.add_argument("--prior", default="faces-64", help="prior name or path (default faces-64)")
     ap.add_argument("--data", type=Path, default=DATA_DIR, help="CelebA folder, or face image(s)")
@@ -196,6 +200,8 @@ def parse_args(argv=None):
         except ValueError:
             pass
         args.method_params.setdefault(method, {})[name] = value
+    if args.start < 0:
+        ap.error("--start must be >= 0")
     if min(args.n, args.batch, args.threads, args.steps or 1, args.tv_iters or 1) < 1:
         ap.error("--n, --batch, --threads, --steps and --tv-iters must be >= 1")
     torch.set_num_threads(args.threads)
@@ -206,7 +212,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     command = command_line([sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
     t_start = time.perf_counter()
-    x, names, source = load_faces(args.data, args.n)
+    x, names, source = load_faces(args.data, args.n, args.start)
     prior = load_prior(args.prior, SHAPE)
     k = min(max(args.figure_index, 0), len(names) - 1)
     log(f"{len(names)} faces; {len(args.settings)} settings; steps {args.steps or 'library defaults'}")

@@ -352,7 +352,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         bar.update(1)
         if not cfg.quiet:
             bar.set_postfix(
-                loss=f"{float(loss):.4f}",
+                loss=f"{float(loss.detach()):.4f}",
                 img_s=f"{state['step'] * cfg.batch / max(state['seconds'], 1e-9):.1f}",
             )
         if time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffinv.data.prepare import CELEBA_BOX, celeba_split, prepare_celeba, prepare_resized
+from diffinv.data.prepare import CELEBA_BOX, celeba_split, prepare_celeba, prepare_filtered, prepare_resized
 
 
 def test_identity_split_is_disjoint_by_person(tmp_path):
@@ -42,3 +42,16 @@ def test_resized_slices_average_blocks(tmp_path):
     Image.fromarray(a).save(src / "s.png")
     assert prepare_resized(src, tmp_path / "out", size=4) == 1
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "s.png")), a[::4, ::4])
+
+
+def test_filtered_slices_keep_size_and_apply_the_filter(tmp_path):
+    src = tmp_path / "ct"
+    src.mkdir()
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 256, size=(12, 10), dtype=np.uint8)
+    Image.fromarray(a).save(src / "s.png")
+    assert prepare_filtered(src, tmp_path / "out", lambda u: 1.0 - u) == 1
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "s.png")), 255 - a)
+    with pytest.raises(ValueError, match=r"s.png: the filter returned shape \(6, 10\), expected \(12, 10\)"):
+        prepare_filtered(src, tmp_path / "out2", lambda u: u[::2])
+    assert not list((tmp_path / "out2").glob("*.png"))

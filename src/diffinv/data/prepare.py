@@ -4,7 +4,10 @@
   DDPM/DDIM use for CelebA-64), split **by identity**: an identity whose number is divisible by
   ``dev_every`` goes to ``dev/``, every other to ``train/``, so no dev face shares a person with a
   training face.
-- CT slices (``ct-chest-64``): each 8-bit slice resized (area-averaging) to ``size`` x ``size``.
+- CT slices (``ct-chest-64``): each 8-bit slice resized (area-averaging) to ``size`` x ``size``,
+  or kept at full size and passed through a denoiser (:func:`prepare_filtered`: the IQ-OTH/NCCD
+  slices carry strong pixel noise, amplified by the narrow window of their source, that a prior
+  would otherwise learn as tissue texture).
 
 Example
 -------
@@ -16,8 +19,10 @@ Example
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from ..errors import DiffinvError
@@ -70,4 +75,27 @@ def prepare_resized(image_dir: str | Path, out: str | Path, size: int = 64, chan
         with Image.open(path) as im:
             small = im.convert("L" if channels == 1 else "RGB").resize((size, size), Image.BOX)
             _save_png(small, folder / (path.stem + ".png"))
+    return len(files)
+
+
+def prepare_filtered(
+    image_dir: str | Path, out: str | Path, image_filter: Callable[[np.ndarray], np.ndarray]
+) -> int:
+    """Write every grey image of ``image_dir`` through ``image_filter`` into ``out`` (same size, 8-bit).
+
+    ``image_filter`` maps an (H, W) float array in [0, 1] to one of the same shape (e.g. a TV
+    denoiser); its output is clipped to [0, 1] and rounded to 8 bits. Returns the number of images.
+    """
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = sorted(p for p in Path(image_dir).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    for path in files:
+        with Image.open(path) as im:
+            a = np.asarray(im.convert("L"), dtype=np.float64) / 255.0
+        b = np.asarray(image_filter(a), dtype=np.float64)
+        if b.shape != a.shape:
+            raise DiffinvError(f"{path.name}: the filter returned shape {b.shape}, expected {a.shape}")
+        _save_png(
+            Image.fromarray(np.rint(np.clip(b, 0, 1) * 255).astype(np.uint8)), folder / (path.stem + ".png")
+        )
     return len(files)
