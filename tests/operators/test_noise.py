@@ -98,7 +98,8 @@ def test_weighted_operator_pinv_and_spectrum_match_the_dense_matrix(spec):
     ref = torch.linalg.svdvals(M)
     assert torch.allclose(s, ref[: s.numel()], rtol=1e-8, atol=1e-10 * float(ref[0]))
     x = torch.randn(2, *op.in_shape, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
-    assert torch.allclose(V(Vt(V(Vt(x)))), V(Vt(x)), atol=1e-10)  # V V^T is a projector
+    # V V^T is a projector; 1e-8: the weighted Gram has condition ~3e4, LAPACK builds differ near 1e-9
+    assert torch.allclose(V(Vt(V(Vt(x)))), V(Vt(x)), atol=1e-8)
     gamma = 0.3  # damped: A^T (A A^T + gamma I)^{-1} r
     u = torch.linalg.solve(M @ M.T + gamma * torch.eye(M.shape[0], dtype=M.dtype), y.reshape(3, -1).T)
     assert torch.allclose(wop.damped_pinv(y, gamma).reshape(3, -1), (M.T @ u).T, atol=1e-8)
