@@ -47,6 +47,8 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--only-ct-tv", action="store_true", help="write ctchest-tv/ only")
     args = ap.parse_args(argv)
+    if args.only_ct_tv and args.ct_tv is None:
+        ap.error("--only-ct-tv needs --ct-tv W")
     if args.ct_tv is not None:
         if not args.ct_tv > 0:
             ap.error(f"--ct-tv must be > 0, got {args.ct_tv}")

@@ -55,3 +55,7 @@ def test_filtered_slices_keep_size_and_apply_the_filter(tmp_path):
     with pytest.raises(ValueError, match=r"s.png: the filter returned shape \(6, 10\), expected \(12, 10\)"):
         prepare_filtered(src, tmp_path / "out2", lambda u: u[::2])
     assert not list((tmp_path / "out2").glob("*.png"))
+    Image.fromarray(a[:8, :8]).save(src / "t.png")  # filtered after s.png: fails second
+    with pytest.raises(ValueError, match=r"t.png: the filter returned shape \(4, 8\)"):
+        prepare_filtered(src, tmp_path / "out3", lambda u: u if u.shape != (8, 8) else u[::2])
+    assert not list((tmp_path / "out3").glob("*.png"))  # s.png is not left behind either

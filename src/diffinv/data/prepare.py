@@ -66,11 +66,15 @@ def prepare_celeba(
     return counts
 
 
+def _image_files(image_dir: str | Path) -> list[Path]:
+    return sorted(p for p in Path(image_dir).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+
+
 def prepare_resized(image_dir: str | Path, out: str | Path, size: int = 64, channels: int = 1) -> int:
     """Resize every image of ``image_dir`` to ``size`` x ``size`` (box filter) into ``out``."""
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    files = sorted(p for p in Path(image_dir).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    files = _image_files(image_dir)
     for path in files:
         with Image.open(path) as im:
             small = im.convert("L" if channels == 1 else "RGB").resize((size, size), Image.BOX)
@@ -88,14 +92,15 @@ def prepare_filtered(
     """
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    files = sorted(p for p in Path(image_dir).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    files = _image_files(image_dir)
+    filtered = []  # all images first: a filter that fails on one leaves no folder half-written
     for path in files:
         with Image.open(path) as im:
             a = np.asarray(im.convert("L"), dtype=np.float64) / 255.0
         b = np.asarray(image_filter(a), dtype=np.float64)
         if b.shape != a.shape:
             raise DiffinvError(f"{path.name}: the filter returned shape {b.shape}, expected {a.shape}")
-        _save_png(
-            Image.fromarray(np.rint(np.clip(b, 0, 1) * 255).astype(np.uint8)), folder / (path.stem + ".png")
-        )
+        filtered.append(np.rint(np.clip(b, 0, 1) * 255).astype(np.uint8))
+    for path, b in zip(files, filtered):
+        _save_png(Image.fromarray(b), folder / (path.stem + ".png"))
     return len(files)
