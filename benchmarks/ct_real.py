@@ -342,7 +342,8 @@ def patient_sources(data: Path) -> dict[str, str]:
 def per_patient_table(args, names, results) -> list[str]:
     """Mean PSNR per patient, noiseless settings: where the chest prior helps and where it does not
     (the dev patients include head and abdomen scans that no chest slice resembles)."""
-    patients = sorted({n.split("_")[0] for n in names})
+    patient_of = [n.split("_")[0] for n in names]
+    patients = sorted(set(patient_of))
     sources = patient_sources(args.data)
     lines = []
     for setting, res in results.items():
@@ -353,7 +354,7 @@ def per_patient_table(args, names, results) -> list[str]:
         lines.append("| patient (source) | slices | " + " | ".join(methods) + " |")
         lines.append("|---|---|" + "---|" * len(methods))
         for p in patients:
-            idx = [i for i, n in enumerate(names) if n.split("_")[0] == p]
+            idx = [i for i, q in enumerate(patient_of) if q == p]
             cells = [f"{sum(res[m]['psnr'][i] for i in idx) / len(idx):.2f}" for m in methods]
             src = f" ({sources[p]})" if sources.get(p) else ""
             lines.append(f"| {p}{src} | {len(idx)} | " + " | ".join(cells) + " |")
