@@ -291,11 +291,16 @@ def load_prior(name: str, shape: tuple[int, ...], option: str = "--prior"):
     return prior
 
 
-def solver_run(method: str, prior=None, steps: int | None = None, **params):
+def solver_run(method: str, prior=None, steps: int | None = None, samples: int = 1, **params):
     """A run ``(y, op, sigma, seed) -> (x_hat, seconds, nfe, steps or iters used)`` of a diffinv solver;
     ``steps=None`` keeps the library's defaults (per operator family). ``sigma`` is the noise std,
     or a tensor of y's per-bin noise variance (Poisson CT: ``pipeline.solve_with_variance``, weighted
-    least squares where the method can use it; NFE then counts one image's calls)."""
+    least squares where the method can use it; NFE then counts one image's calls).
+
+    ``samples = K > 1``: ``x_hat`` is the Monte-Carlo posterior mean ``(1/K) sum_k clamp(x^(k), 0, 1)``
+    of K samples per image (``y`` repeated image-major, one solver call, as ``posterior.sample``
+    batches them; clamped to the image range before averaging, as ``posterior.py`` scores them);
+    seconds and NFE are those of all K samples."""
 
     def run(y, op, sigma, seed):
         import torch
@@ -303,12 +308,20 @@ def solver_run(method: str, prior=None, steps: int | None = None, **params):
         from diffinv import pipeline
 
         solver = pipeline.make_solver(method, prior, steps, **params)
-        used = solver.params.get("steps", solver.params.get("iters"))
+        if samples > 1:
+            y = y.repeat_interleave(samples, dim=0)
+            sigma = sigma.repeat_interleave(samples, dim=0) if torch.is_tensor(sigma) else sigma
         if torch.is_tensor(sigma):
             r = pipeline.solve_with_variance(y, op, solver, sigma, seed)
-            return r.x, r.seconds, solver.last_nfe, used
-        x = solver(y, op, sigma_y=sigma, generator=torch.Generator().manual_seed(seed))
-        return x, solver.last_seconds, solver.last_nfe, used
+            x, seconds = r.x, r.seconds
+        else:
+            x = solver(y, op, sigma_y=sigma, generator=torch.Generator().manual_seed(seed))
+            seconds = solver.last_seconds
+        if samples > 1:
+            x = x.clamp(0, 1).unflatten(0, (-1, samples)).mean(1)
+        # read after the call: solver.params are then the ones used on op (its family's defaults)
+        used = solver.params.get("steps", solver.params.get("iters"))
+        return x, seconds, solver.last_nfe, used
 
     return run
 

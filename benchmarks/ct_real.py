@@ -193,6 +193,15 @@ def parse_args(argv=None):
     ap.add_argument(
         "--methods", default=",".join(DIFFUSION), help=f"diffusion methods, a subset of {','.join(DIFFUSION)}"
     )
+    ap.add_argument(
+        "--samples",
+        type=int,
+        default=1,
+        help="K > 1: also the posterior mean of K samples of the --mean-methods (rows <method>-mean<K>)",
+    )
+    ap.add_argument(
+        "--mean-methods", default=None, help="methods of the --samples rows (default: all --methods)"
+    )
     ap.add_argument("--seed", type=int, default=0, help="seed of noise and solvers")
     ap.add_argument("--out", type=Path, default=None, help="output folder (default benchmarks/results)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
@@ -214,8 +223,15 @@ def parse_args(argv=None):
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not args.methods or any(m not in DIFFUSION for m in args.methods):
         ap.error(f"--methods must be a subset of {','.join(DIFFUSION)}")
-    if min(args.n, args.threads, args.steps or 1, args.tv_iters or 1) < 1:
-        ap.error("--n, --threads, --steps and --tv-iters must be >= 1")
+    args.mean_methods = (
+        args.methods
+        if args.mean_methods is None
+        else [m.strip() for m in args.mean_methods.split(",") if m.strip()]
+    )
+    if any(m not in args.methods for m in args.mean_methods):
+        ap.error("--mean-methods must be a subset of --methods")
+    if min(args.n, args.threads, args.steps or 1, args.tv_iters or 1, args.samples) < 1:
+        ap.error("--n, --threads, --steps, --tv-iters and --samples must be >= 1")
     torch.set_num_threads(args.threads)
     return args
 
@@ -254,12 +270,13 @@ def main(argv=None) -> int:
             "fista-tv": solver_run("fista-tv", steps=args.tv_iters),
         }
         for tag in args.priors:
-            runs.update(
-                {
-                    f"{m}/{tag}": solver_run(ddnm if m == "ddnm" else m, prior[tag], args.steps)
-                    for m in args.methods
-                }
-            )
+            for m in args.methods:
+                method = ddnm if m == "ddnm" else m
+                runs[f"{m}/{tag}"] = solver_run(method, prior[tag], args.steps)
+                if args.samples > 1 and m in args.mean_methods:
+                    runs[f"{m}-mean{args.samples}/{tag}"] = solver_run(
+                        method, prior[tag], args.steps, samples=args.samples
+                    )
         res = evaluate(runs, x, y, op, noise, args.seed, len(files), False, label(setting))
         results[setting] = res
         if kind == "none":
@@ -312,9 +329,16 @@ def report(args, command, window, names, results, total, png_name, shown) -> str
         f"fista-tv and the other hyperparameters: library defaults"
         + (f" except {args.tv_iters} iterations" if args.tv_iters else "")
         + "; ddnm runs ddnm+ with noise\n"
-        f"- metrics: PSNR / SSIM of the output clamped to [0, 1] against the windowed 64x64 slice, mean ± std "
-        f"over slices; s/image = solver wall time / slices\n"
-        f"- total wall time: {total:.0f} s\n- figure: `{png_name}` (slices {', '.join(shown)}, noiseless)\n"
+        "- metrics: PSNR / SSIM of the output clamped to [0, 1] against the windowed 64x64 slice, mean ± std "
+        "over slices; s/image = solver wall time / slices\n"
+        + (
+            f"- `<method>-mean{args.samples}`: the Monte-Carlo posterior mean of {args.samples} samples of the "
+            f"method per slice (each clamped to [0, 1], then averaged; the MMSE estimate the samples "
+            f"approximate); its s/image and NFE count all {args.samples} samples\n"
+            if args.samples > 1
+            else ""
+        )
+        + f"- total wall time: {total:.0f} s\n- figure: `{png_name}` (slices {', '.join(shown)}, noiseless)\n"
     )
     lines += ["\n## PSNR (dB), mean over slices\n", *summary_table(results, "psnr", ".2f", label)]
     if "ellipses" in args.priors:

@@ -177,3 +177,45 @@ def test_ct_real_settings_option():
     for bad in ("ct8@x1", "ct8@p0", "ct8-bogus"):
         with pytest.raises(SystemExit):
             parse_args(["--settings", bad])
+
+
+def test_solver_run_posterior_mean_of_samples():
+    """``samples=K``: the output is the mean of K clamped samples drawn in one call on y repeated
+    image-major; a deterministic method's mean of K is its one output (clamped)."""
+    from common import solver_run
+
+    from diffinv import pipeline
+    from diffinv.operators import from_spec
+
+    prior = priors.load(CHEST_PRIOR)
+    op = from_spec("ct8", (1, 64, 64))
+    x = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(1))
+    y = op.A(x)
+    mean, _, _, _ = solver_run("dds", prior, 2, samples=3)(y, op, 0.0, 5)
+    solver = pipeline.make_solver("dds", prior, 2)
+    rows = solver(y.repeat_interleave(3, 0), op, sigma_y=0.0, generator=torch.Generator().manual_seed(5))
+    expected = rows.clamp(0, 1).reshape(2, 3, 1, 64, 64).mean(1)
+    assert mean.shape == x.shape
+    torch.testing.assert_close(mean, expected, rtol=0, atol=1e-5)
+    assert (rows[0::3] - rows[1::3]).abs().max() > 1e-3  # the K samples differ: the mean is not one of them
+    one, _, _, _ = solver_run("fista-tv", steps=5)(y, op, 0.0, 0)
+    mean_tv, _, _, _ = solver_run("fista-tv", steps=5, samples=3)(y, op, 0.0, 0)
+    torch.testing.assert_close(mean_tv, one.clamp(0, 1), rtol=0, atol=1e-5)
+
+
+def test_solver_run_reports_the_steps_used_on_the_operator():
+    """With ``steps=None`` the reported steps are those the call used: the operator family's
+    defaults (CT: DDS 25, DDNM 50), not the solver's generic ones (50, 100)."""
+    from common import solver_run
+
+    from diffinv.operators import from_spec
+    from diffinv.solvers import get
+
+    prior = priors.load(CHEST_PRIOR)
+    op = from_spec("ct8", (1, 64, 64))
+    y = op.A(torch.rand(1, 1, 64, 64, generator=torch.Generator().manual_seed(2)))
+    for method in ("dds", "ddnm"):
+        ct_steps = get(method, prior).effective_params(op)["steps"]
+        assert ct_steps != get(method, prior).params["steps"]  # the family default differs
+        *_, used = solver_run(method, prior, None, samples=1)(y, op, 0.0, 0)
+        assert used == ct_steps
