@@ -123,8 +123,10 @@ def solve_with_variance(
 ):
     """:func:`solve` for a measurement with a known per-bin noise ``variance`` (shape of ``y``; e.g.
     from ``PoissonNoise``): the methods of ``operators.noise.WEIGHTED_METHODS`` solve the whitened
-    problem ``(W^(1/2) A, W^(1/2) y)`` one sample at a time, with its white noise std; the others get
-    ``sigma_y = sqrt(mean(var))``. The result's NFE and seconds are totals over the samples."""
+    problem ``(W^(1/2) A, W^(1/2) y)`` one sample at a time, with its white noise std, row i seeded
+    with ``seed + i`` (so that repeated rows of y are independent posterior samples, as in one batched
+    call); the others get ``sigma_y = sqrt(mean(var))``. The result's NFE and seconds are totals over
+    the samples."""
     from .operators import noise
 
     if solver.name not in noise.WEIGHTED_METHODS:
@@ -134,7 +136,7 @@ def solve_with_variance(
     for i in range(y.shape[0]):
         wop = noise.WeightedOperator(op, w[i : i + 1])
         sig = float((1.0 / (1.0 / variance[i]).mean()).sqrt())  # whitened noise std
-        parts.append(solve(wop.whiten(y[i : i + 1]), wop, solver, sig, seed, **options))
+        parts.append(solve(wop.whiten(y[i : i + 1]), wop, solver, sig, int(seed) + i, **options))
     return dataclasses.replace(
         parts[0],
         x=torch.cat([p.x for p in parts]),

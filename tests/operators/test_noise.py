@@ -126,3 +126,23 @@ def test_ddnm_plus_uses_the_weighted_problem_with_poisson_noise(monkeypatch):
     )
     assert torch.isfinite(r.x_hat).all() and r.x_hat.shape == x.shape
     assert seen and set(seen) == {"ct8"}  # DDNM+'s noise scaling came from the SVD of W^(1/2) A
+
+
+def test_weighted_solve_draws_independent_samples_for_repeated_rows():
+    """``solve_with_variance`` solves weighted methods row by row; repeated rows of y (K posterior
+    samples of one scan) must get different noise, as they would in one batched call, and a
+    deterministic row must not depend on which row it is in."""
+    from diffinv import pipeline
+    from diffinv.solvers import get
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "solvers"))
+    from problems import correlated_prior
+
+    op = from_spec("ct8", (1, 16, 16))
+    y, var = PoissonNoise(1e3).measure(op, _x(16).float(), torch.Generator().manual_seed(1))
+    y3, var3 = y.repeat(3, 1, 1, 1), var.repeat(3, 1, 1, 1)
+    solver = get("ddnm+", correlated_prior((1, 16, 16)), steps=3)
+    x = pipeline.solve_with_variance(y3, op, solver, var3, seed=0).x
+    assert (x[0] - x[1]).abs().max() > 1e-3 and (x[1] - x[2]).abs().max() > 1e-3
+    tv = pipeline.solve_with_variance(y3, op, get("fista-tv", iters=5), var3, seed=0).x
+    torch.testing.assert_close(tv[0], tv[2], rtol=0, atol=1e-6)
