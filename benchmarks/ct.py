@@ -11,6 +11,11 @@ same batch as the test phantoms and is reported separately.
 Settings: parallel-beam CT (``ct<views>`` operators, 180 degrees) with 8, 12, 18 and 30 views,
 noiseless and with Gaussian noise ``sigma_y = 0.01`` added to the sinogram (in the units of the
 [0, 1] image: the sinogram holds line integrals in pixel units, up to ~40, so this is mild noise).
+``--sigmas`` also takes ``p<I0>`` items, e.g. ``--sigmas p1e4,p1e5``: photon-count (Poisson) noise
+with ``I0`` photons per detector bin (``operators.noise.PoissonNoise``, default attenuation); the
+measured sinogram is the line integral ``-log(counts / I0)`` and its per-bin variance goes to the
+methods that weight by it (``pipeline.solve_with_variance``: fista-tv, ddnm+, dds solve the whitened
+problem, the others get the RMS noise std).
 
 Methods: FBP (the ``pinv`` solver, which uses the ramp-filtered back-projection for CT),
 FISTA-TV (``fista-tv``, ``--tv-iters`` iterations), and the diffusion solvers ``score-proj``,
@@ -79,6 +84,7 @@ from diffinv import metrics as M  # noqa: E402
 from diffinv import pipeline, priors  # noqa: E402
 from diffinv.data.ellipses import random_phantoms, shepp_logan  # noqa: E402
 from diffinv.operators import from_spec  # noqa: E402
+from diffinv.operators.noise import PoissonNoise  # noqa: E402
 from diffinv.viz import comparison_figure  # noqa: E402
 
 SIZE = 64
@@ -148,37 +154,74 @@ DEFAULT_TV_ITERS = 100
 
 
 # ---------------------------------------------------------------------------------------- helpers
+class Photons(float):
+    """A Poisson noise level: ``I0`` photons per detector bin (a setting's noise is a float sigma_y
+    for Gaussian noise, or this)."""
+
+    def __repr__(self) -> str:
+        return f"p{float(self):g}"
+
+
+def parse_noise(token: str) -> float:
+    """``"0.01"`` -> sigma_y 0.01; ``"p1e4"`` -> :class:`Photons` (1e4); ValueError otherwise."""
+    token = token.strip()
+    level = Photons(float(token[1:])) if token[:1] == "p" else float(token)
+    if not math.isfinite(level) or level < 0 or (isinstance(level, Photons) and level <= 0):
+        raise ValueError(token)
+    return level
+
+
+def noisy(level) -> bool:
+    """Whether a noise level (sigma_y, :class:`Photons` or a per-bin variance tensor) adds noise."""
+    return torch.is_tensor(level) or isinstance(level, Photons) or level > 0
+
+
 def solver_name(method: str, sigma: float) -> str:
     name = METHODS[method][0]
-    return "ddnm+" if name == "ddnm" and sigma > 0 else name
+    return "ddnm+" if name == "ddnm" and noisy(sigma) else name
 
 
 def run_method(method, y, op, sigma, prior, args, value=None, seed=SOLVER_SEED):
-    """(x_hat, seconds, nfe) of ``method`` on the batch ``y`` (hyperparameter ``value`` if tuned)."""
-    name = solver_name(method, sigma)
+    """(x_hat, seconds, nfe) of ``method`` on the batch ``y`` (hyperparameter ``value`` if tuned);
+    ``sigma``: the noise std, or y's per-bin variance (Poisson settings, :func:`measure`)."""
+    solver = _make_solver(method, solver_name(method, sigma), prior, args, value)
+    if torch.is_tensor(sigma):
+        r = pipeline.solve_with_variance(y, op, solver, sigma, seed)
+        return r.x, r.seconds, solver.last_nfe
+    x = solver(y, op, sigma_y=sigma, generator=torch.Generator().manual_seed(seed))
+    return x, solver.last_seconds, solver.last_nfe
+
+
+def _make_solver(method, name, prior, args, value):
     params = dict(METHODS[method][1])
     if method in GRIDS and value is not None:
         params[GRIDS[method][0]] = value
     if method == "fista-tv":
         params["iters"] = args.tv_iters
     if method in DIFFUSION:
-        solver = pipeline.make_solver(name, prior, args.steps[method], **params)
-    else:
-        solver = pipeline.make_solver(name, None, **params)
-    x = solver(y, op, sigma_y=sigma, generator=torch.Generator().manual_seed(seed))
-    return x, solver.last_seconds, solver.last_nfe
+        return pipeline.make_solver(name, prior, args.steps[method], **params)
+    return pipeline.make_solver(name, None, **params)
 
 
-def measure(op, x, sigma: float, key: int) -> torch.Tensor:
-    return op.measure(x, sigma, generator=torch.Generator().manual_seed(NOISE_SEED + key))
+def measure(op, x, level: float, key: int):
+    """``(y, noise)``: the seeded measurement and what the solvers get as its noise: sigma_y, or for
+    :class:`Photons` the per-bin variance of the measured line integrals."""
+    g = torch.Generator().manual_seed(NOISE_SEED + key)
+    if isinstance(level, Photons):
+        return PoissonNoise(float(level)).measure(op, x, g)
+    return op.measure(x, level, generator=g), level
 
 
-def setting_key(views: int, sigma: float) -> int:
-    return 1000 * views + round(1e4 * sigma)
+def setting_key(views: int, level: float) -> int:
+    if isinstance(level, Photons):  # 1e4 -> 740, 1e5 -> 750: apart from the Gaussian keys used
+        return 1000 * views + 700 + round(10 * math.log10(level))
+    return 1000 * views + round(1e4 * level)
 
 
-def setting_label(views: int, sigma: float) -> str:
-    return f"{views} views" + ("" if sigma == 0 else f", σ={sigma:g}")
+def setting_label(views: int, level: float) -> str:
+    if isinstance(level, Photons):
+        return f"{views} views, Poisson I0={float(level):.0e}".replace("e+0", "e")
+    return f"{views} views" + ("" if level == 0 else f", σ={level:g}")
 
 
 def log(msg: str) -> None:
@@ -202,7 +245,7 @@ def tune(args, prior, x_val, t_start) -> dict[tuple[int, float], dict[str, float
     for sigma in args.sigmas:
         for views in args.tune_views:
             op = make_operator(views, args)
-            y = measure(op, x_val, sigma, setting_key(views, sigma) + 500)
+            y, noise = measure(op, x_val, sigma, setting_key(views, sigma) + 500)
             best = {}
             for method, (param, _) in GRIDS.items():
                 if method not in args.methods:
@@ -213,7 +256,7 @@ def tune(args, prior, x_val, t_start) -> dict[tuple[int, float], dict[str, float
                     continue
                 scores = []
                 for value in grid:
-                    x_hat, sec, _ = run_method(method, y, op, sigma, prior, args, value)
+                    x_hat, sec, _ = run_method(method, y, op, noise, prior, args, value)
                     score = mean_std(M.psnr(x_hat.clamp(0, 1), x_val).tolist())[0]
                     score = score if math.isfinite(score) else -math.inf
                     scores.append((score, value))
@@ -263,7 +306,10 @@ def parse_args(argv=None):
         "--views", default=None, help="comma-separated view counts (default 8,12,18,30; quick 8,18)"
     )
     ap.add_argument(
-        "--sigmas", default=None, help="comma-separated sinogram noise levels (default 0,0.01; quick 0)"
+        "--sigmas",
+        default=None,
+        help="comma-separated sinogram noise levels: sigma_y, or p<I0> for Poisson counts with I0 photons "
+        "per bin (default 0,0.01; quick 0)",
     )
     ap.add_argument(
         "--tune-views", default=None, help="view counts tuned on validation (default 8,18; quick 8)"
@@ -322,11 +368,11 @@ def parse_args(argv=None):
         args.sigmas = [0.0] if q else list(SIGMAS)
     else:
         try:
-            args.sigmas = [float(t) for t in args.sigmas.split(",") if t.strip()]
+            args.sigmas = [parse_noise(t) for t in args.sigmas.split(",") if t.strip()]
         except ValueError:
-            ap.error(f"--sigmas must be comma-separated numbers, got {args.sigmas!r}")
-        if not args.sigmas or any(not (math.isfinite(s) and s >= 0) for s in args.sigmas):
-            ap.error("--sigmas needs finite numbers >= 0")
+            ap.error(f"--sigmas needs comma-separated numbers >= 0 or p<I0> (I0 > 0), got {args.sigmas!r}")
+        if not args.sigmas:
+            ap.error("--sigmas needs at least one noise level")
     if args.methods is None:
         args.methods = list(METHODS)
     else:
@@ -413,14 +459,14 @@ def main(argv=None) -> int:
     method_seconds = {m: 0.0 for m in args.methods}
     for views, sigma in settings:
         op = make_operator(views, args)
-        y = measure(op, x_all, sigma, setting_key(views, sigma))
+        y, noise = measure(op, x_all, sigma, setting_key(views, sigma))
         values = tuned_values(chosen, views, sigma)
         res = {}
         fig = {}
         for method in args.methods:
             value = values.get(method)
             t = time.perf_counter()
-            x_hat, sec, nfe = run_method(method, y, op, sigma, prior, args, value)
+            x_hat, sec, nfe = run_method(method, y, op, noise, prior, args, value)
             method_seconds[method] += time.perf_counter() - t
             xc = x_hat.clamp(0, 1)
             psnr, ssim = M.psnr(xc, x_all).tolist(), M.ssim(xc, x_all).tolist()
@@ -439,7 +485,7 @@ def main(argv=None) -> int:
                 f"PSNR {mean_std(psnr[:-1])[0]:6.2f} (SL {psnr[-1]:6.2f})  SSIM {mean_std(ssim[:-1])[0]:.3f}  "
                 f"{sec:.1f} s"
             )
-            if views == FIGURE_VIEWS and sigma == 0.0:
+            if views == FIGURE_VIEWS and not noisy(sigma):
                 fig[method] = xc[[args.figure_index, -1]]
         results[(views, sigma)] = res
         if fig:
@@ -484,7 +530,15 @@ def report(args, command, results, chosen, total, tuning_seconds, method_seconds
             else f"- operator: `ct<views>{args.geometry}` (`--geometry`; exact pseudo-inverse from the cached Gram "
             f"eigendecomposition; tuning, step counts and defaults as for parallel beam)"
         )
-        + "; noise σ on the sinogram in [0, 1]-image units\n"
+        + "; noise σ on the sinogram in [0, 1]-image units"
+        + (
+            "; Poisson: `PoissonNoise(I0)` counts (default attenuation), measured line integrals "
+            "-log(counts / I0), per-bin variance to fista-tv, ddnm+ and dds (weighted least squares), "
+            "the RMS noise std to the others; tuned values: those tuned at that level"
+            if any(isinstance(s, Photons) for s in args.sigmas)
+            else ""
+        )
+        + "\n"
         f"- steps: **{steps_label(args.steps, args.methods)}** (NFE: one per step, two for score-proj and "
         f"mcg-ve; MCG and DPS back-propagate through the network each step), chosen on the validation "
         f"split with `ct_sweep.py` to fit a CPU budget; the MCG paper uses 2000 (VE) / 1000 (VP) steps. "
@@ -552,14 +606,14 @@ def report(args, command, results, chosen, total, tuning_seconds, method_seconds
         f"At {' and '.join(map(str, TARGET_VIEWS))} views (noiseless), the best diffusion method beats FBP by "
         f">= {TARGET_FBP_DB:g} dB and FISTA-TV by >= {TARGET_TV_DB:g} dB mean test PSNR.\n"
     )
-    for sigma in [0.0] + [s for s in args.sigmas if s > 0]:
+    for sigma in [0.0] + [s for s in args.sigmas if noisy(s)]:
         for views in TARGET_VIEWS:
             res = results.get((views, sigma))
-            info = "" if sigma == 0 else "(for information) "
+            info = "(for information) " if noisy(sigma) else ""
             label = setting_label(views, sigma)
             diff = [m for m in DIFFUSION if res is not None and m in res]
             if res is None or not diff or "fbp" not in res or "fista-tv" not in res:
-                if sigma == 0:
+                if not noisy(sigma):
                     lines.append(f"- {label}: not run (needs fbp, fista-tv and a diffusion method)")
                 continue
             best = max(diff, key=lambda m: mean_std(res[m]["psnr"])[0])

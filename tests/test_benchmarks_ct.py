@@ -179,3 +179,31 @@ def test_ct_geometry_option():
     assert parse_args(["--quick"]).geometry == ""
     with pytest.raises(SystemExit):
         parse_args(["--quick", "--geometry=-bogus"])
+
+
+def test_ct_poisson_noise_levels():
+    """``--sigmas p<I0>``: a Poisson setting whose measurement carries its per-bin variance (about
+    1 / counts, so larger at lower dose); bad levels are refused."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import pytest
+    import torch
+    from ct import Photons, measure, noisy, parse_args, setting_key, setting_label
+
+    from diffinv.operators import from_spec
+
+    levels = parse_args(["--quick", "--sigmas", "0,0.01,p1e4,p1e5"]).sigmas
+    assert levels == [0.0, 0.01, 1e4, 1e5] and [isinstance(s, Photons) for s in levels] == [0, 0, 1, 1]
+    assert [noisy(s) for s in levels] == [False, True, True, True]
+    assert len({setting_key(8, s) for s in levels}) == 4
+    assert setting_label(18, levels[2]) == "18 views, Poisson I0=1e4"
+    for bad in ("p0", "px", "-0.1", "nan"):
+        with pytest.raises(SystemExit):
+            parse_args(["--quick", "--sigmas", bad])
+    op = from_spec("ct8", (1, 64, 64))
+    x = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    y, var = measure(op, x, levels[2], setting_key(8, levels[2]))
+    y5, var5 = measure(op, x, levels[3], setting_key(8, levels[3]))
+    assert torch.is_tensor(var) and var.shape == y.shape and bool((var > 0).all())
+    assert 5 < float(var.mean() / var5.mean()) < 20  # ten times the photons: about a tenth the variance
+    y0, sigma = measure(op, x, 0.0, setting_key(8, 0.0))
+    assert sigma == 0.0 and torch.allclose(y0, op.A(x))
