@@ -251,7 +251,8 @@ def main(argv=None) -> int:
         f"{len(files)} slices; settings {[label(s) for s in args.settings]}; steps {args.steps or 'library defaults'}"
     )
     shown = sorted({0, len(files) // 2, len(files) - 1})
-    results, rows = {}, []
+    results, rows, figure_label = {}, [], "noiseless"
+    all_noisy = all(k != "none" for _, k, _ in args.settings)
     for k_setting, setting in enumerate(args.settings):
         spec, kind, level = setting
         op = from_spec(spec, SHAPE)
@@ -279,14 +280,17 @@ def main(argv=None) -> int:
                     )
         res = evaluate(runs, x, y, op, noise, args.seed, len(files), False, label(setting))
         results[setting] = res
-        if kind == "none":
+        # the figure shows the noiseless settings, or the first setting when every one is noisy
+        if kind == "none" or (k_setting == 0 and all_noisy):
+            figure_label = "noiseless" if kind == "none" else label(setting)
             rows += [figure_row(x, res, k, names[k], truth=f"truth, {label(setting)}") for k in shown]
     total = time.perf_counter() - t_start
 
     out_md, out_png = result_path("ct_real.md", args.out), result_path("ct_real.png", args.out)
-    text = report(args, command, window, names, results, total, out_png.name, [names[k] for k in shown])
+    shown_names = [names[k] for k in shown]
+    text = report(args, command, window, names, results, total, out_png.name, shown_names, figure_label)
     write_text(out_md, text)
-    title = "ct_real.py: real TCIA slices, soft-tissue window, noiseless (PSNR of each output)"
+    title = f"ct_real.py: real TCIA slices, soft-tissue window, {figure_label} (PSNR of each output)"
     save_png(out_png, comparison_figure(rows, tile=128, title=title))
     print(text)
     log(f"wrote {out_md} and {out_png} in {total:.0f} s")
@@ -300,7 +304,7 @@ def best(res: dict, tag: str) -> tuple[str, float]:
     return m, scores[m]
 
 
-def report(args, command, window, names, results, total, png_name, shown) -> str:
+def report(args, command, window, names, results, total, png_name, shown, figure_label="noiseless") -> str:
     steps = {
         f"{m.split('/')[0]} {r['steps']}" for res in results.values() for m, r in res.items() if "/" in m
     }
@@ -338,7 +342,7 @@ def report(args, command, window, names, results, total, png_name, shown) -> str
             if args.samples > 1
             else ""
         )
-        + f"- total wall time: {total:.0f} s\n- figure: `{png_name}` (slices {', '.join(shown)}, noiseless)\n"
+        + f"- total wall time: {total:.0f} s\n- figure: `{png_name}` (slices {', '.join(shown)}, {figure_label})\n"
     )
     lines += ["\n## PSNR (dB), mean over slices\n", *summary_table(results, "psnr", ".2f", label)]
     if "ellipses" in args.priors:
