@@ -157,7 +157,7 @@ def main(argv=None) -> int:
     ops, ys, refs = {}, {}, {}
     for views in args.views:
         ops[views] = make_operator(views, args)
-        ys[views] = measure(ops[views], x_val, 0.0, setting_key(views, 0.0) + 500)  # ct.py's tuning data
+        ys[views], _ = measure(ops[views], x_val, 0.0, setting_key(views, 0.0) + 500)  # ct.py's tuning data
         refs[views] = {}
         for method in ("fbp", "fista-tv"):
             x_hat, _, _ = run_method(method, ys[views], ops[views], 0.0, None, args, SWEEP_PARAMS.get(method))

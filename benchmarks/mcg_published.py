@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     out = result_path("mcg_published.json", args.out)
     for views in (int(v) for v in args.views.split(",")):
         op = from_spec(f"ct{views}", (1, 64, 64))
-        y = measure(op, x, 0.0, setting_key(views, 0.0))
+        y, _ = measure(op, x, 0.0, setting_key(views, 0.0))
         for label, name, params in runs:
             solver = solvers.get(name, None if name == "pinv" else prior, **params)
             start = time.perf_counter()
