@@ -224,7 +224,17 @@ def test_solver_run_reports_the_steps_used_on_the_operator():
 def test_ct_real_all_noisy_settings_still_write_a_figure(tmp_path):
     """With no noiseless setting the figure shows the first (noisy) one and says so."""
     data = str(BUNDLED / "ct_chest_tcia_hu1024_256.png")
-    args = ("--quick", "--out", str(tmp_path), "--data", data, "--prior", CHEST_PRIOR, "--prior-wrong", "none")
+    args = (
+        "--quick",
+        "--out",
+        str(tmp_path),
+        "--data",
+        data,
+        "--prior",
+        CHEST_PRIOR,
+        "--prior-wrong",
+        "none",
+    )
     run("ct_real.py", *args, "--settings", "ct8@p1e4", "--methods", "ddnm")
     text = check_files(tmp_path / "ct_real.md", tmp_path / "ct_real.png", "ct_real.py")
     assert "(slices ct_chest_tcia_hu1024_256, 8 views, Poisson I0=1e4)" in text
