@@ -116,6 +116,16 @@ def fmt(values, spec: str) -> str:
     return f"{m:{spec}} ± {s:{spec}}"
 
 
+def photons_label(i0: float) -> str:
+    """A photon count as short as it stays exact: 1e4, 2.5e4, 12345 -> "1.2345e4"."""
+    for digits in range(16):
+        text = f"{float(i0):.{digits}e}"
+        if float(text) == float(i0):
+            mantissa, exponent = text.split("e")
+            return f"{mantissa}e{int(exponent)}"
+    return repr(float(i0))
+
+
 def positive_ints(ap, text: str | None, default, name: str) -> list[int]:
     """Parse a comma-separated ``--name`` option of positive integers (``default`` when None);
     bad values end the program through ``ap.error`` with a one-line message."""

@@ -74,6 +74,7 @@ from common import (  # noqa: E402
     fmt,
     header,
     mean_std,
+    photons_label,
     positive_ints,
     result_path,
     save_png,
@@ -220,7 +221,7 @@ def setting_key(views: int, level: float) -> int:
 
 def setting_label(views: int, level: float) -> str:
     if isinstance(level, Photons):
-        return f"{views} views, Poisson I0={float(level):.0e}".replace("e+0", "e")
+        return f"{views} views, Poisson I0={photons_label(level)}"
     return f"{views} views" + ("" if level == 0 else f", σ={level:g}")
 
 

@@ -62,6 +62,7 @@ from common import (  # noqa: E402
     log,
     mean_std,
     method_table,
+    photons_label,
     positive_ints,
     rel_path,
     result_path,
@@ -140,9 +141,7 @@ def label(setting) -> str:
     name = f"{spec[2:]} views" if spec[2:].isdigit() else spec
     return (
         name
-        + {"none": "", "gauss": f", σ={level:g}", "poisson": f", Poisson I0={level:.0e}".replace("e+0", "e")}[
-            kind
-        ]
+        + {"none": "", "gauss": f", σ={level:g}", "poisson": f", Poisson I0={photons_label(level)}"}[kind]
     )
 
 

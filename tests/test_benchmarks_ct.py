@@ -196,6 +196,7 @@ def test_ct_poisson_noise_levels():
     assert [noisy(s) for s in levels] == [False, True, True, True]
     assert len({setting_key(8, s) for s in levels}) == 4
     assert setting_label(18, levels[2]) == "18 views, Poisson I0=1e4"
+    assert setting_label(8, Photons(2.5e4)) == "8 views, Poisson I0=2.5e4"  # exact, not rounded to 2e4
     for bad in ("p0", "px", "-0.1", "nan"):
         with pytest.raises(SystemExit):
             parse_args(["--quick", "--sigmas", bad])
