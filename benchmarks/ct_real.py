@@ -303,7 +303,7 @@ def best(res: dict, tag: str) -> tuple[str, float]:
     return m, scores[m]
 
 
-def report(args, command, window, names, results, total, png_name, shown, figure_label="noiseless") -> str:
+def report(args, command, window, names, results, total, png_name, shown, figure_label: str) -> str:
     steps = {
         f"{m.split('/')[0]} {r['steps']}" for res in results.values() for m, r in res.items() if "/" in m
     }
