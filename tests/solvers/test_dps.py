@@ -112,7 +112,7 @@ def test_nfe_and_determinism(prior):
 
 def test_parameters(prior):
     assert "dps" in solvers.available()
-    assert solvers.get("dps", prior).params == {"steps": 1000, "zeta": 1.0}
+    assert solvers.get("dps", prior).params == {"steps": 1000, "zeta": 1.0, "clip_grad": "identity"}
     for bad in ({"zeta": -1.0}, {"zeta": float("nan")}, {"steps": 0}, {"eta": 0.5}):
         with pytest.raises(ValueError):
             solvers.get("dps", prior, **bad)

@@ -145,7 +145,7 @@ def test_nfe_and_determinism(prior):
 
 def test_parameters(prior):
     assert "pigdm" in solvers.available()
-    assert solvers.get("pigdm", prior).params == {"steps": 100, "eta": 1.0}
+    assert solvers.get("pigdm", prior).params == {"steps": 100, "eta": 1.0, "clip_grad": "identity"}
     for bad in ({"eta": 1.5}, {"steps": 0}, {"zeta": 1.0}):
         with pytest.raises(ValueError):
             solvers.get("pigdm", prior, **bad)

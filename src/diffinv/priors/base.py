@@ -23,11 +23,16 @@ checkpoints use [-1, 1]). Public images are in [0, 1]; ``to_model`` / ``to_image
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
 from ..errors import DiffinvError
 from .schedules import VPSchedule
+
+#: how a clamped x0 estimate differentiates (:attr:`Prior.clip_x0_grad`)
+CLIP_GRADS = ("identity", "clamp")
 
 
 class Prior(nn.Module):
@@ -60,6 +65,16 @@ class Prior(nn.Module):
         #: range by orders of magnitude. Off for exact priors (GaussianPrior), on for networks.
         #: Only x0 estimates are clipped; eps and scores stay the network's own.
         self.clip_x0 = False
+        #: how the clamp of ``clip_x0`` differentiates (guidance solvers: DPS, MCG, PiGDM take
+        #: J^T v, J = d x0|t / d x_t): "identity" (straight-through: the clamped value, the
+        #: unclamped estimate's Jacobian) or "clamp" (the clamp's own derivative, 0 where x0 is
+        #: clamped). "identity" by default: the clamp is a safeguard on the estimate, not part of
+        #: the posterior mean, whose Jacobian Cov[x_0 | x_t] / (1 - abar_t) does not vanish at the
+        #: range's edges. With "clamp", J^T v loses its identity part (x0 ~ x_t / sqrt(abar_t) at
+        #: large t, amplified ~1/sqrt(abar_t)) on clamped pixels only, so a data gradient in
+        #: range(A^T) leaks into the null space: on faces colorization MCG's step turned the face
+        #: red (13.7 dB, against 25.9 dB without its gradient; benchmarks/results/solver_notes.md).
+        self.clip_x0_grad = "identity"
         #: number of network evaluations since the last :meth:`reset_nfe`.
         self.nfe = 0
 
@@ -107,10 +122,27 @@ class Prior(nn.Module):
         t = self._t_batch(t, x_t)
         return self._clip(self._x0(x_t, t))
 
+    @contextmanager
+    def using_clip_grad(self, mode: str):
+        """``with prior.using_clip_grad(mode):`` x0 estimates built inside differentiate the clamp as
+        ``mode`` says (:attr:`clip_x0_grad`); guidance solvers use it for their ``clip_grad``."""
+        if mode not in CLIP_GRADS:
+            raise DiffinvError(f"clip_grad must be one of {CLIP_GRADS}, got {mode!r}")
+        saved, self.clip_x0_grad = self.clip_x0_grad, mode
+        try:
+            yield self
+        finally:
+            self.clip_x0_grad = saved
+
     def _clip(self, x0: torch.Tensor) -> torch.Tensor:
         if not self.clip_x0:
             return x0
-        return x0.clamp(-self.shift / self.scale, (1 - self.shift) / self.scale)
+        if self.clip_x0_grad not in CLIP_GRADS:
+            raise DiffinvError(f"clip_x0_grad must be one of {CLIP_GRADS}, got {self.clip_x0_grad!r}")
+        clamped = x0.clamp(-self.shift / self.scale, (1 - self.shift) / self.scale)
+        if self.clip_x0_grad == "identity" and x0.requires_grad:
+            return x0 + (clamped - x0).detach()  # the clamped value, the identity's derivative
+        return clamped
 
     def score(self, x_t: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
         """grad log p_t(x_t) = -eps / sqrt(1 - abar_t) (model space, VP state)."""

@@ -295,7 +295,8 @@ class Solver:
         """(x0, vjp): the prior's Tweedie estimate x0|t at the state ``x`` (VP, or VE if ``ve``) on the
         grid step ``step``, reported to ``callback`` (:meth:`report`), and ``v -> (dx0/dx)^T v``
         when ``need_grad`` (one back-propagation through the network; else None). One NFE."""
-        x0, vjp = x0_with_vjp(self.prior, x, step.t, ve=ve, need_grad=need_grad)
+        clip_grad = self.params.get("clip_grad", "identity")  # guidance solvers' parameter
+        x0, vjp = x0_with_vjp(self.prior, x, step.t, ve=ve, need_grad=need_grad, clip_grad=clip_grad)
         self.report(callback, step.i, step.t, x, x0)
         return x0, vjp
 

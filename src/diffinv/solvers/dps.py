@@ -22,7 +22,8 @@ only approximately.
 Defaults: 1000 steps and zeta = 1.0. The paper tunes zeta per task and dataset (values between about 0.3
 and 1 for FFHQ / ImageNet in its experimental details, in their code's scale convention); small images have
 small residual norms, so the per-pixel step grows as the image shrinks and a smaller zeta is needed
-(the Gaussian tests use 16-pixel images).
+(the Gaussian tests use 16-pixel images). ``clip_grad`` ("identity" / "clamp"): how the gradient
+treats the prior's clamp of x0|i (straight through by default; see the deviations below).
 
 Nonlinear forward models (:class:`~diffinv.operators.nonlinear.NonlinearOperator`, the paper's
 Sec. 3.2 and Algorithm 1 as written for a general A(.)): ``A^T r`` becomes ``(dA/dx0)^T r`` at x0|i
@@ -41,7 +42,11 @@ Deviations from the authors' code (github.com/DPS2022/diffusion-posterior-sampli
   from the network's extra output channels); ours is the posterior variance
   beta~ = (1 - abar_{i-1}) / (1 - abar_i) beta_i (the extra channels are dropped). Both use the
   posterior mean of x0|i clamped to the data range (their ``clip_denoised: True``, our network
-  priors' ``clip_x0``), and neither adds noise at the last step.
+  priors' ``clip_x0``), and neither adds noise at the last step. Their gradient goes through
+  ``torch.clamp`` (0 on saturated pixels); ours passes the clamp straight through
+  (``Prior.clip_x0_grad = "identity"``): through the clamp, the identity part of J^T A^T r
+  (x0|i ~ x_i / sqrt(abar_i) at large i) is lost on saturated pixels only, which on faces
+  colorization drove the colour (14.09 dB against 20.77 dB; benchmarks/results/solver_notes.md).
 * ||y - A x0|i|| is one norm over the whole batch in their code (run with batch size 1), per sample
   here.
 * Step size: their ``scale`` multiplies grad ||r||, so scale = 2 zeta (see above).
@@ -58,6 +63,7 @@ Example
 from __future__ import annotations
 
 from ..priors.steps import bnorm, ddim_step_from_x0, safe_div
+from ._guidance import check_clip_grad
 from .base import Solver, register
 
 
@@ -69,7 +75,7 @@ class DPS(Solver):
     description = (
         "DPS (Chung et al. 2023): DDPM steps + normalised gradient of ||y - A x0|t|| through the network"
     )
-    defaults = {"steps": 1000, "zeta": 1.0}
+    defaults = {"steps": 1000, "zeta": 1.0, "clip_grad": "identity"}
     #: per operator family (``Solver.task_defaults``). CT: benchmarks/ct.py's setting (25 steps,
     #: zeta 0.1 from its validation grid; benchmarks/results/solver_notes.md, DPS).
     task_defaults = {"ct": {"steps": 25, "zeta": 0.1}}
@@ -78,6 +84,7 @@ class DPS(Solver):
     def validate_params(self) -> None:
         super().validate_params()
         self.check_numbers("zeta")
+        check_clip_grad(self.params["clip_grad"])
 
     def _solve(self, y, op, sigma_y, generator, progress, callback):
         prior = self.prior
