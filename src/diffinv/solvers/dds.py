@@ -30,10 +30,12 @@ Parameters: ``steps`` (NFE: one per step), ``eta`` (0.85, the paper's and the CT
 levels, from ``op.initial_estimate(y)`` noised to the first of them, ``_guidance.warm_start``).
 
 CT defaults (``task_defaults["ct"]``, chosen on 4 dev slices of ct_real.py, 8 and 18 views, with
-and without noise): 25 steps, eta = 1, start = 0.35 (from the FBP), ``cg_iters=None`` (the Gram
+and without noise): eta = 1, start = 0.35 (from the FBP), ``cg_iters=None`` (the Gram
 factors make the exact minimiser cheaper than 5 CG steps; at 18 views noiseless 5 steps were
 0.7 dB below it). Each choice was worth 0.3-0.8 dB at 25 steps; results:
-benchmarks/results/ct-real-dds/ct_real.md. The authors' CT script runs 50 steps from noise.
+benchmarks/results/ct-real-dds/ct_real.md. 200 steps (25 before): on 8 real tuning slices outside
+ct_real.py's 16, 25 / 50 / 100 / 200 steps gave 22.41 / 22.78 / 22.79 / 22.99 dB at 8 views and
+27.25 / 27.96 / 28.26 / 28.79 dB at 18 (noiseless). The authors' CT script runs 50 steps from noise.
 
 Deviations from the authors' code (github.com/HJ-harry/DDS, ``solver_2d.py``):
 
@@ -74,9 +76,10 @@ class DDS(Solver):
         "DDS (Chung et al. 2024): DDIM + a few CG steps on ||y - A x||^2 from x0|t; no network gradient"
     )
     defaults = {"steps": 50, "eta": 0.85, "cg_iters": 5, "gamma": None, "start": 1.0}
-    #: per operator family (``Solver.task_defaults``). CT: 25 steps from the FBP at 0.35 of the
-    #: time range, fresh noise, the exact minimiser (benchmarks/results/ct-real-dds/ct_real.md).
-    task_defaults = {"ct": {"steps": 25, "eta": 1.0, "start": 0.35, "cg_iters": None}}
+    #: per operator family (``Solver.task_defaults``). CT: 200 steps from the FBP at 0.35 of the
+    #: time range, fresh noise, the exact minimiser (benchmarks/results/ct-real-dds/ct_real.md; the
+    #: steps: benchmarks/results/solver_notes.md, DDS).
+    task_defaults = {"ct": {"steps": 200, "eta": 1.0, "start": 0.35, "cg_iters": None}}
 
     def validate_params(self) -> None:
         super().validate_params()
