@@ -130,19 +130,23 @@ def measure_solvers(size: int, spec: str, config: str, steps: int) -> dict:
 
 
 def solver_lines(rows: list[dict], steps: int) -> list[str]:
+    from diffinv.solvers import get_class
+
+    # the library's CT step counts (Solver.task_defaults["ct"]), what a user's restore runs
+    n_ddnm, n_dds = (get_class(m).resolve_params("ct")["steps"] for m in ("ddnm", "dds"))
     lines = [
         f"\n## DDNM and DDS at {rows[0]['size']} px with a random-weight ADM network\n",
         f"`{rows[0]['config'] if rows[0]['config'][:1] != '{' else 'a small ADM (--quick)'}` with one input channel ({rows[0]['params_m']:.0f}M parameters), float32, one "
-        f"thread; seconds per step measured over {steps} steps; projected s/slice = steps x s/step at the CT "
-        "benchmarks' step counts (DDNM 50, DDS 25).\n",
-        "| spec | network call s | DDNM s/step | DDS s/step | DDNM s/slice (50 steps) | DDS s/slice (25 steps) "
+        f"thread; seconds per step measured over {steps} steps; projected s/slice = steps x s/step at the "
+        f"library's CT step counts (DDNM {n_ddnm}, DDS {n_dds}).\n",
+        f"| spec | network call s | DDNM s/step | DDS s/step | DDNM s/slice ({n_ddnm} steps) | DDS s/slice ({n_dds} steps) "
         "| peak MiB |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['spec']} | {r['network_s']:.2f} | {r['ddnm_step_s']:.2f} | {r['dds_step_s']:.2f} "
-            f"| {50 * r['ddnm_step_s']:.0f} | {25 * r['dds_step_s']:.0f} | {r['peak_mib']:.0f} |"
+            f"| {n_ddnm * r['ddnm_step_s']:.0f} | {n_dds * r['dds_step_s']:.0f} | {r['peak_mib']:.0f} |"
         )
     return lines
 

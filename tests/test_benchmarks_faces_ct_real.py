@@ -205,7 +205,7 @@ def test_solver_run_posterior_mean_of_samples():
 
 def test_solver_run_reports_the_steps_used_on_the_operator():
     """With ``steps=None`` the reported steps are those the call used: the operator family's
-    defaults (CT: DDS 25, DDNM 50), not the solver's generic ones (50, 100)."""
+    defaults (CT: 200 steps each), not the solver's generic ones (50, 100)."""
     from common import solver_run
 
     from diffinv.operators import from_spec
