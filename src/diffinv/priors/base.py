@@ -35,6 +35,13 @@ from .schedules import VPSchedule
 CLIP_GRADS = ("identity", "clamp")
 
 
+def check_clip_grad(mode, name: str = "clip_grad") -> None:
+    """DiffinvError unless ``mode`` is one of :data:`CLIP_GRADS` (``name``: the parameter's name in
+    the message; the ``clip_grad`` of DPS, MCG, PiGDM or the prior's ``clip_x0_grad``)."""
+    if mode not in CLIP_GRADS:
+        raise DiffinvError(f"{name} must be one of {CLIP_GRADS}, got {mode!r}")
+
+
 class Prior(nn.Module):
     """Base class. Subclasses override ``_eps`` or ``_x0`` (each defaults to the other).
 
@@ -126,8 +133,7 @@ class Prior(nn.Module):
     def using_clip_grad(self, mode: str):
         """``with prior.using_clip_grad(mode):`` x0 estimates built inside differentiate the clamp as
         ``mode`` says (:attr:`clip_x0_grad`); guidance solvers use it for their ``clip_grad``."""
-        if mode not in CLIP_GRADS:
-            raise DiffinvError(f"clip_grad must be one of {CLIP_GRADS}, got {mode!r}")
+        check_clip_grad(mode)
         saved, self.clip_x0_grad = self.clip_x0_grad, mode
         try:
             yield self
@@ -137,8 +143,7 @@ class Prior(nn.Module):
     def _clip(self, x0: torch.Tensor) -> torch.Tensor:
         if not self.clip_x0:
             return x0
-        if self.clip_x0_grad not in CLIP_GRADS:
-            raise DiffinvError(f"clip_x0_grad must be one of {CLIP_GRADS}, got {self.clip_x0_grad!r}")
+        check_clip_grad(self.clip_x0_grad, "clip_x0_grad")
         clamped = x0.clamp(-self.shift / self.scale, (1 - self.shift) / self.scale)
         if self.clip_x0_grad == "identity" and x0.requires_grad:
             return x0 + (clamped - x0).detach()  # the clamped value, the identity's derivative

@@ -22,7 +22,6 @@ import torch
 
 from ..errors import DiffinvError
 from ..operators.base import LinearOperator
-from ..priors.base import CLIP_GRADS
 from ..priors.steps import GridStep, TimeGrid
 
 
@@ -32,9 +31,10 @@ def x0_with_vjp(
     """Tweedie estimate at ``x`` (VP state, or VE state if ``ve``) and ``v -> J^T v``, J = dx0/dx.
 
     One network evaluation. Where the prior clamps x0 to the data range, ``clip_grad`` says how J
-    treats the clamp (``Prior.clip_x0_grad``): "identity" passes it straight through (J is the
-    unclamped estimate's Jacobian), "clamp" takes its derivative (0 on saturated pixels). The returned x0 is detached; the closure back-propagates through the
-    network once (call it at most once). With ``need_grad=False`` no graph is built and the closure
+    treats the clamp (``Prior.using_clip_grad``): "identity" passes it straight through (J is the
+    unclamped estimate's Jacobian), "clamp" takes its derivative (0 on saturated pixels). The
+    returned x0 is detached; the closure back-propagates through the network once (call it at most
+    once). With ``need_grad=False`` no graph is built and the closure
     is None.
     """
     if not need_grad:
@@ -58,13 +58,6 @@ def noised_measurement(
     """``a y + b A z``: the measurement carried to a diffusion level (VP: a = sqrt(ab), b = sqrt(1 - ab);
     VE: a = 1, b = sigma), with the noise ``z`` drawn in image space so it lies in range(A)."""
     return a * y + b * op.A(noise)
-
-
-def check_clip_grad(mode) -> None:
-    """DiffinvError unless ``mode`` (the ``clip_grad`` of DPS, MCG, PiGDM: how J^T v treats the
-    prior's clamp of x0, :func:`x0_with_vjp`) is "identity" or "clamp"."""
-    if mode not in CLIP_GRADS:
-        raise DiffinvError(f"clip_grad must be one of {CLIP_GRADS}, got {mode!r}")
 
 
 def check_start(start) -> None:

@@ -43,8 +43,8 @@ Deviations from the authors' code (github.com/DPS2022/diffusion-posterior-sampli
   beta~ = (1 - abar_{i-1}) / (1 - abar_i) beta_i (the extra channels are dropped). Both use the
   posterior mean of x0|i clamped to the data range (their ``clip_denoised: True``, our network
   priors' ``clip_x0``), and neither adds noise at the last step. Their gradient goes through
-  ``torch.clamp`` (0 on saturated pixels); ours passes the clamp straight through
-  (``Prior.clip_x0_grad = "identity"``): through the clamp, the identity part of J^T A^T r
+  ``torch.clamp`` (0 on saturated pixels, our ``clip_grad="clamp"``); ours passes the clamp
+  straight through (``clip_grad="identity"``, the default): through the clamp, the identity part of J^T A^T r
   (x0|i ~ x_i / sqrt(abar_i) at large i) is lost on saturated pixels only, which on faces
   colorization drove the colour (14.09 dB against 20.77 dB; benchmarks/results/solver_notes.md).
 * ||y - A x0|i|| is one norm over the whole batch in their code (run with batch size 1), per sample
@@ -62,8 +62,8 @@ Example
 
 from __future__ import annotations
 
+from ..priors.base import check_clip_grad
 from ..priors.steps import bnorm, ddim_step_from_x0, safe_div
-from ._guidance import check_clip_grad
 from .base import Solver, register
 
 

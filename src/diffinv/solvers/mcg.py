@@ -160,6 +160,7 @@ import math
 import torch
 
 from ..errors import DiffinvError
+from ..priors.base import check_clip_grad
 from ..priors.steps import (
     MAX_VE_STEPS,
     VE_PREDICTORS,
@@ -169,7 +170,7 @@ from ..priors.steps import (
     langevin_step,
     safe_div,
 )
-from ._guidance import check_clip_grad, noised_measurement
+from ._guidance import noised_measurement
 from .base import Solver, register
 
 _FORMS = ("vp", "ve")

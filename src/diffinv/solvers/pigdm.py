@@ -43,8 +43,8 @@ where it leaves room or where our priors differ:
 
 * x0|t is the prior's estimate, clamped to the data range by network priors, and eps in the DDIM
   step is the noise consistent with it (not the network's output); the vector-Jacobian product
-  passes the clamp straight through (``Prior.clip_x0_grad = "identity"``: the unclamped estimate's
-  Jacobian). Through the clamp's own derivative (0 where it is active) the data gradient leaked
+  passes the clamp straight through (``clip_grad="identity"``, the default: the unclamped
+  estimate's Jacobian). Through the clamp's own derivative (0 where it is active) the data gradient leaked
   into the null space: faces colorize 13.78 dB and sr8 13.40 dB against 20.00 and 18.10
   (benchmarks/results/solver_notes.md, "The clamp of x0 and the guidance gradient").
 * The noisy form (eq. 8, r_t^2 = 1 - abar_t) is used for every sigma_y, with the inverse computed
@@ -61,8 +61,8 @@ from __future__ import annotations
 
 import math
 
+from ..priors.base import check_clip_grad
 from ..priors.steps import ddim_step_from_x0
-from ._guidance import check_clip_grad
 from .base import Solver, register
 
 
