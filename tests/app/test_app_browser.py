@@ -140,6 +140,22 @@ def browser():
         b.close()
 
 
+@pytest.fixture
+def new_page(browser):
+    """``browser.new_page``, each page closed at teardown even when its test fails: an open page keeps
+    its session (and its files) alive, and would fail the next test's cleanup check too."""
+    pages = []
+
+    def make(**kw):
+        pages.append(browser.new_page(**kw))
+        return pages[-1]
+
+    yield make
+    for page in pages:
+        if not page.is_closed():
+            page.close()
+
+
 def _status(page) -> str:
     return page.locator("#status textarea").input_value()
 
@@ -165,8 +181,8 @@ def _set_number(page, elem_id: str, value):
     box.press("Enter")
 
 
-def test_browser_restores_an_uploaded_face(server, browser, tmp_path):
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+def test_browser_restores_an_uploaded_face(server, new_page, tmp_path):
+    page = new_page(viewport={"width": 1400, "height": 1000})
     page.goto(server.url)
     page.locator("#input-file input[type=file]").set_input_files(str(FACE))
     assert _wait_status(page, ("input:", "error")) == "input: face_189080.png, 64x64"
@@ -192,10 +208,10 @@ def test_browser_restores_an_uploaded_face(server, browser, tmp_path):
     page.close()
 
 
-def test_browser_shows_a_bad_upload_in_one_line(server, browser, tmp_path):
+def test_browser_shows_a_bad_upload_in_one_line(server, new_page, tmp_path):
     notes = tmp_path / "notes.txt"
     notes.write_text("not an image\n")
-    page = browser.new_page()
+    page = new_page()
     page.goto(server.url)
     page.locator("#input-file input[type=file]").set_input_files(str(notes))
     status = _wait_status(page, ("error", "input:"))
@@ -209,9 +225,9 @@ def test_browser_shows_a_bad_upload_in_one_line(server, browser, tmp_path):
     page.close()
 
 
-def test_browser_paints_a_mask(server, browser):
+def test_browser_paints_a_mask(server, new_page):
     """An example, a stroke of the brush over it, task inpaint-mask: the painted pixels are restored."""
-    page = browser.new_page(viewport={"width": 1400, "height": 1400})
+    page = new_page(viewport={"width": 1400, "height": 1400})
     page.goto(server.url)
     _choose(page, "example", "face (photo, 64x64)")
     assert _wait_status(page, ("input:",)) == "input: face_189080.png, 64x64"

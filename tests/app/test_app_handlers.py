@@ -10,6 +10,7 @@ import struct
 import threading
 import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -342,6 +343,21 @@ def test_preview_of_an_example_and_session_cleanup(app, session):
     assert run_job(app, session, _req()).ok
     app.sessions.close(session.sid)
     assert not session.folder.exists() and not any((app.root / "sessions").iterdir())
+
+
+def test_previews_fired_at_once_in_one_session_all_succeed(app, session):
+    """A browser may fire the example's event twice at once (seen in CI); previews of one session run
+    one at a time, each in its own folder, and only the last two folders are kept."""
+    label = "face (photo, 64x64)"
+    for _ in range(3):
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(
+                pool.map(lambda _: handlers.preview(app, session, JobRequest(example=label)), range(6))
+            )
+        assert [status for _, status in answers] == ["input: face_189080.png, 64x64"] * 6, answers
+    path, _ = handlers.preview(app, session, JobRequest(example=label))
+    assert Image.open(path).size == (256, 256)
+    assert len(list((session.folder / "preview").iterdir())) == 2
 
 
 def test_safe_names():

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import sys
 import threading
 import time
@@ -443,14 +442,12 @@ def _restore(up, kw, mask, job: Path, app: AppState, callback, results: list) ->
 def preview(app: AppState, session: Session, req: JobRequest) -> tuple[str | None, str]:
     """Show an uploaded file or example: ``(preview PNG, one-line status)``; never raises."""
     try:
-        folder = session.scratch()
-        for old in folder.iterdir():
-            old.unlink(missing_ok=True) if old.is_file() else shutil.rmtree(old, ignore_errors=True)
-        up = prepare_input(req, folder)
-        window = None if req.window in (None, "", "none") else req.window
-        hu = _number(req.hu_offset, "HU offset", float, -1e5, 1e5, allow_none=True) or None
-        raw = inputs.write_preview(up, folder / "preview_raw.png", hu, window)
-        path = _display(raw, folder / "preview.png")  # (painted masks are scaled back to the input)
+        with session.previewing() as folder:
+            up = prepare_input(req, folder)
+            window = None if req.window in (None, "", "none") else req.window
+            hu = _number(req.hu_offset, "HU offset", float, -1e5, 1e5, allow_none=True) or None
+            raw = inputs.write_preview(up, folder / "preview_raw.png", hu, window)
+            path = _display(raw, folder / "preview.png")  # (painted masks are scaled back to the input)
         return path, f"input: {up.name}, {up.width}x{up.height}"
     except (ValueError, FileNotFoundError) as e:
         return None, f"error: {one_line(e, session.folder)}"

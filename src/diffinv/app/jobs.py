@@ -116,7 +116,9 @@ class Session:
         self.last_used = time.monotonic()
         self.closed = False
         self._jobs = itertools.count(1)
+        self._previews = itertools.count(1)
         self._lock = threading.Lock()
+        self._preview_lock = threading.Lock()
 
     def new_job_dir(self, keep: int = 1) -> Path:
         """A fresh ``job-N`` folder; older job folders beyond the newest ``keep`` are deleted when no
@@ -135,11 +137,25 @@ class Session:
             job.mkdir()
             return job
 
-    def scratch(self) -> Path:
-        """The session's folder for previews (created on demand)."""
-        path = self.folder / "preview"
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+    @contextmanager
+    def previewing(self) -> Iterator[Path]:
+        """A fresh ``preview/N`` folder for one preview, held alone for the ``with`` block.
+
+        Previews of one session run one at a time: a browser may fire the same event twice at once,
+        and two previews copying the same file into one folder read each other's half-written copy.
+        The folder of the preview before stays until the next one starts, because Gradio copies a
+        returned file after the handler has returned; older ones are deleted.
+        """
+        with self._preview_lock:
+            root = self.folder / "preview"
+            root.mkdir(parents=True, exist_ok=True)
+            n = next(self._previews)
+            for old in root.iterdir():
+                if old.name != str(n - 1):
+                    shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
+            path = root / str(n)
+            path.mkdir()
+            yield path
 
 
 class Sessions:
