@@ -12,6 +12,11 @@ all images are exact up to the rounding of the inputs:
 
 A (setting, method) missing from a file is left out of the merge (its cell reads ``–``), so every
 merged figure covers all the files' images.
+
+``A.md,A2.md:N`` reads several reports on the same ``N`` images as one, a later report's
+(setting, method) replacing an earlier one's: a rerun of some methods updates their columns.
+
+    python benchmarks/merge_tables.py faces.md,rerun-a.md:50 faces-51-100/faces.md,rerun-b.md:50
 """
 
 from __future__ import annotations
@@ -98,7 +103,13 @@ def render(merged: dict, title: str, sources: list[str], total: int) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("parts", nargs="+", metavar="FILE:N", help="a report and the number of images it covers")
+    ap.add_argument(
+        "parts",
+        nargs="+",
+        metavar="FILE:N",
+        help="a report and the number of images it covers (FILE,FILE2:N: reports on the same images, "
+        "the later one's methods replacing the earlier one's)",
+    )
     ap.add_argument("--title", default="Merged results")
     ap.add_argument("--out", type=Path, default=None, help="write here (default: print)")
     args = ap.parse_args(argv)
@@ -107,12 +118,14 @@ def main(argv=None) -> int:
         name, _, n = item.rpartition(":")
         if not name or not n.isdigit() or int(n) < 1:
             ap.error(f"{item!r}: expected FILE:N with N >= 1")
-        path = Path(name)
-        if not path.is_file():
-            ap.error(f"{path}: no such report")
-        tables = read_tables(path)
-        if not tables:
-            ap.error(f"{path}: no '### setting' tables with 'mean ± std' cells")
+        tables: dict = {}
+        for path in map(Path, name.split(",")):
+            if not path.is_file():
+                ap.error(f"{path}: no such report")
+            found = read_tables(path)
+            if not found:
+                ap.error(f"{path}: no '### setting' tables with 'mean ± std' cells")
+            tables.update(found)
         parts.append((tables, int(n)))
         sources.append(f"`{name}` ({n} images)")
     merged = merge(parts)

@@ -49,3 +49,23 @@ def test_cli_refuses_bad_parts(tmp_path, capsys):
     with pytest.raises(SystemExit):
         merge_tables.main([str(tmp_path / "a.md") + ":x"])
     assert "expected FILE:N" in capsys.readouterr().err
+
+
+def test_a_rerun_of_some_methods_replaces_their_figures(tmp_path):
+    """``A.md,A2.md:N``: the rerun's (setting, method) replace the first report's, the others stay."""
+    first = {"sr4": {"ddnm": [20.0, 22.0], "dps": [10.0, 12.0]}}
+    rerun = {"sr4": {"dps": [18.0, 19.0]}}
+    other = {"sr4": {"ddnm": [24.0], "dps": [17.0]}}
+    for name, rows in (("a", first), ("a2", rerun), ("b", other)):
+        (tmp_path / f"{name}.md").write_text(report(rows))
+    out = tmp_path / "m.md"
+    merge_tables.main(
+        [f"{tmp_path / 'a.md'},{tmp_path / 'a2.md'}:2", f"{tmp_path / 'b.md'}:1", "--out", str(out)]
+    )
+    merged = merge_tables.read_tables(out)
+    assert merged[("sr4", "dps")]["PSNR (dB)"][0] == pytest.approx(
+        statistics.fmean([18.0, 19.0, 17.0]), abs=1e-3
+    )
+    assert merged[("sr4", "ddnm")]["PSNR (dB)"][0] == pytest.approx(
+        statistics.fmean([20.0, 22.0, 24.0]), abs=1e-3
+    )
