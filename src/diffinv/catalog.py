@@ -223,6 +223,12 @@ METHODS: list[MethodInfo] = [
         "RED-diff (Mardani et al. 2024): Adam on ||y - A mu||^2 + SNR-weighted denoising regulariser",
     ),
     MethodInfo(
+        "scd",
+        True,
+        False,
+        "SCD (Barbano et al. 2023) / DDIP: DDS with the network adapted to the measurement at each step",
+    ),
+    MethodInfo(
         "score-proj",
         True,
         False,

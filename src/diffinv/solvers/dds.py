@@ -104,6 +104,10 @@ class DDS(Solver):
             return x0 + op.damped_pinv(r, gamma)
         return x0 + cg(lambda p: op.At(op.A(p)) + gamma * p, op.At(r), int(m), 1e-12)
 
+    def estimate(self, x, step, y_z, op, callback):
+        """x0|t at the state ``x`` (the prior's Tweedie estimate; SCD adapts the network first)."""
+        return self.tweedie(x, step, callback)[0]
+
     def _solve(self, y, op, sigma_y, generator, progress, callback):
         prior = self.prior
         y_z, sigma_z, noise = self.model_problem(y, op, sigma_y, generator)
@@ -114,7 +118,7 @@ class DDS(Solver):
         )
         x0_hat = x
         for s in self.iterate(steps, progress):
-            x0, _ = self.tweedie(x, s, callback)  # x0|t, one NFE
+            x0 = self.estimate(x, s, y_z, op, callback)  # x0|t, one NFE
             x0_hat = self.refine(x0, y_z, op, gamma)  # M CG steps in x0|t + K_M
             if not s.last:
                 sigma, c_eps = ddim_coefficients(s.ab_t, s.ab_prev, eta, variance="ddnm")
