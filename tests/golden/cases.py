@@ -279,7 +279,7 @@ def _extra() -> list[Case]:
             overrides={"ve_projection": "pinv", "lam_schedule": "constant", "weight_matrix": "identity"},
         ),
         c("mcg-ve:no-null-grad", "sr4", "clean", overrides={"null_space_grad": False}),
-        c("scd:lora-tv", "inpaint-random0.5", "noisy", overrides={"adapter": "lora", "tv_weight": 0.1}),
+        c("scd:tv-every2", "inpaint-random0.5", "noisy", overrides={"tv_weight": 0.1, "adapt_every": 2}),
         c("mcg-vp:pinv-weight", "ct8", "noisy", overrides={"weight_matrix": "pinv", "grad_weight": 0.5}),
         c("mcg-vp:projection-only", "sr4", "noisy", overrides={"grad_weight": 0.0}),
         # classical variants
