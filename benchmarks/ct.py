@@ -534,7 +534,7 @@ def report(args, command, results, chosen, total, tuning_seconds, method_seconds
         + "; noise σ on the sinogram in [0, 1]-image units"
         + (
             "; Poisson: `PoissonNoise(I0)` counts (default attenuation), measured line integrals "
-            "-log(counts / I0), per-bin variance to fista-tv, ddnm+ and dds (weighted least squares), "
+            "-log(counts / I0), per-bin variance to fista-tv, ddnm+, dds and scd (weighted least squares), "
             "the RMS noise std to the others; tuned values: those tuned at that level"
             if any(isinstance(s, Photons) for s in args.sigmas)
             else ""

@@ -85,7 +85,7 @@ HU_OFFSET = 1024
 WINDOW = "soft-tissue"
 VIEWS = (8, 18, 30)
 SIGMAS = (0.0, 0.01)
-DIFFUSION = ("ddnm", "mcg", "score-proj", "dds", "diffpir")
+DIFFUSION = ("ddnm", "mcg", "score-proj", "dds", "diffpir", "scd")
 PRIORS = ("chest", "ellipses")
 TARGET_VIEWS = (8, 18)
 TARGET_FBP_DB = 8.0
@@ -327,7 +327,7 @@ def report(args, command, window, names, results, total, png_name, shown, figure
         f"(`-fan`: equiangular fan beam, default distances; `-a<deg>`: limited angular range); Gaussian noise σ on "
         f"the sinogram in [0, 1]-image units; Poisson: `PoissonNoise(I0)` photon counts (default attenuation), "
         f"measured line integrals -log(counts / I0), per-bin variance given to the weighted methods "
-        f"(fista-tv, ddnm+, dds; the others get the RMS noise std)\n"
+        f"(fista-tv, ddnm+, dds, scd; the others get the RMS noise std)\n"
         f"- steps: {args.steps if args.steps else 'library defaults for CT'} (used: {', '.join(sorted(steps))}); "
         f"fista-tv and the other hyperparameters: library defaults"
         + (f" except {args.tv_iters} iterations" if args.tv_iters else "")

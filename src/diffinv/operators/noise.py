@@ -16,7 +16,7 @@ and returns the measured sinogram in the operator's units, ``y = -log(max(counts
 
 Solvers
 -------
-Methods in :data:`WEIGHTED_METHODS` (FISTA-TV, CG-Tikhonov, DDNM+, DDS) then solve a weighted
+Methods in :data:`WEIGHTED_METHODS` (FISTA-TV, CG-Tikhonov, DDNM+, DDS, SCD) then solve a weighted
 problem without any change to their code: :class:`WeightedOperator` is ``W^(1/2) A`` with weights
 ``w = (1 / var) / mean(1 / var)`` (mean 1, so a regularisation weight keeps its meaning) and the
 data become ``W^(1/2) y``; ``0.5 ||W^(1/2) (A x - y)||^2`` is the weighted data term. The whitened
@@ -37,7 +37,7 @@ from .base import LinearOperator
 from .ct_sparse import range_pinv, range_spectral_view
 
 #: Solvers given the whitened problem (``W^(1/2) A``, ``W^(1/2) y``) when a per-bin variance is known.
-WEIGHTED_METHODS = ("fista-tv", "cg-tikhonov", "ddnm+", "dds")
+WEIGHTED_METHODS = ("fista-tv", "cg-tikhonov", "ddnm+", "dds", "scd")
 NOISE_MODELS = ("gaussian", "poisson")
 MEASURED_KINDS = ("line-integrals", "counts")
 
