@@ -74,7 +74,7 @@ def test_each_image_adapts_alone_and_the_prior_is_restored():
     weights = [p.detach().clone() for p in prior.parameters()]
     flags = [p.requires_grad for p in prior.parameters()]
     both, solver = _solve(prior, op, y, adapt_lr=1e-2)
-    assert solver.last_nfe == 2 * 10 * (3 + 1)  # B images x steps x (K adapted + 1) evaluations
+    assert solver.last_nfe == 10 * (3 + 1)  # per image: steps x (K adapted + 1) evaluations
     first, _ = _solve(prior, op, y[:1], adapt_lr=1e-2)
     torch.testing.assert_close(both[:1], first, rtol=0, atol=1e-5)  # image 2 did not steer image 1
     assert all(torch.equal(p, w) for p, w in zip(prior.parameters(), weights))

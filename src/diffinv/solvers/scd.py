@@ -33,8 +33,10 @@ K = 1, lr 1e-3: 23.16 dB; K = 3, lr 3e-4: 23.90 dB; K = 3, lr 1e-3: 22.06 dB (on
 prior (benchmarks/results/solver_notes.md, "SCD").
 
 NFE: (K + 1) network evaluations per adapted step (K of them with back-propagation through the
-network), B times for a batch of B images. Memory: one backward pass through the network; "full"
-also keeps a copy of the weights and Adam's two moments per weight.
+network), counted per image as for every method (``last_nfe``); the images of a batch are adapted
+one after another, so a batch of B makes B times as many network calls, each on one image.
+Memory: one backward pass through the network; "full" also keeps a copy of the weights and Adam's
+two moments per weight.
 
 Deviations from the SCD authors' code (github.com/alexdenker/SteerableConditionalDiffusion,
 ``algos/scd.py``):
@@ -118,12 +120,15 @@ class SCD(DDS):
 
     def _solve(self, y, op, sigma_y, generator, progress, callback):
         p = self.params
-        outs = []
+        outs, nfe_per_image = [], 0
         for b in range(y.shape[0]):  # one adaptation per image
+            self.prior.reset_nfe()
             with adapted(self.prior.net, p["adapter"], int(p["lora_rank"]), seed=b) as trainable:
                 self._optimizer = torch.optim.Adam(trainable, lr=float(p["adapt_lr"]))
                 try:
                     outs.append(super()._solve(y[b : b + 1], op, sigma_y, generator, progress, callback))
                 finally:
                     del self._optimizer
+            nfe_per_image = max(nfe_per_image, self.prior.nfe)
+        self.prior.nfe = nfe_per_image  # per image, as the batched methods count theirs
         return torch.cat(outs)
