@@ -120,8 +120,10 @@ class SCD(DDS):
 
     def _solve(self, y, op, sigma_y, generator, progress, callback):
         p = self.params
-        outs, nfe_per_image = [], 0
+        outs = []
         for b in range(y.shape[0]):  # one adaptation per image
+            # every image takes the same evaluations: the count left is one image's, as batched
+            # methods count theirs
             self.prior.reset_nfe()
             with adapted(self.prior.net, p["adapter"], int(p["lora_rank"]), seed=b) as trainable:
                 self._optimizer = torch.optim.Adam(trainable, lr=float(p["adapt_lr"]))
@@ -129,6 +131,4 @@ class SCD(DDS):
                     outs.append(super()._solve(y[b : b + 1], op, sigma_y, generator, progress, callback))
                 finally:
                     del self._optimizer
-            nfe_per_image = max(nfe_per_image, self.prior.nfe)
-        self.prior.nfe = nfe_per_image  # per image, as the batched methods count theirs
         return torch.cat(outs)
