@@ -310,7 +310,8 @@ def solver_run(method: str, prior=None, steps: int | None = None, samples: int =
     ``samples = K > 1``: ``x_hat`` is the Monte-Carlo posterior mean ``(1/K) sum_k clamp(x^(k), 0, 1)``
     of K samples per image (``y`` repeated image-major, one solver call, as ``posterior.sample``
     batches them; clamped to the image range before averaging, as ``posterior.py`` scores them);
-    seconds and NFE are those of all K samples."""
+    seconds are those of all K samples, NFE one sample's (per image,
+    as for every method: the K samples run as one batch)."""
 
     def run(y, op, sigma, seed):
         import torch

@@ -94,16 +94,14 @@ POISSON_TARGET_I0 = 1e4
 DEFAULT_N = 24
 
 
-def pick_files(data: Path, n: int) -> list[Path]:
-    """``n`` files spread evenly over the manifest's patients, evenly spaced within each patient."""
-    if data.is_file():
-        return [data]
+def patient_groups(data: Path) -> dict[str, list[Path]]:
+    """The .png slices of the folder ``data`` by patient (its manifest's order; one group "all"
+    without a manifest)."""
     if not data.is_dir():
         raise SystemExit(
             f"error: data folder {data} not found. This benchmark needs the TCIA dev slices of the shared data "
             "(../shared/data/ct/dev/tcia_hu next to the project); pass --data DIR or a 16-bit HU+1024 PNG."
         )
-    files = sorted(p for p in data.iterdir() if p.suffix.lower() == ".png")
     manifest = data.parent / f"{data.name}_manifest.csv"
     groups: dict[str, list[Path]] = {}
     if manifest.is_file():
@@ -111,7 +109,14 @@ def pick_files(data: Path, n: int) -> list[Path]:
             for row in csv.DictReader(f):
                 if (data / row["file"]).is_file():
                     groups.setdefault(row["patient"], []).append(data / row["file"])
-    groups = groups or {"all": files}
+    return groups or {"all": sorted(p for p in data.iterdir() if p.suffix.lower() == ".png")}
+
+
+def pick_files(data: Path, n: int) -> list[Path]:
+    """``n`` files spread evenly over the manifest's patients, evenly spaced within each patient."""
+    if data.is_file():
+        return [data]
+    groups = patient_groups(data)
     P = len(groups)
     counts = [(i + 1) * n // P - i * n // P for i in range(P)]  # n spread evenly over the P patients
     picked = []
@@ -201,6 +206,11 @@ def parse_args(argv=None):
     ap.add_argument(
         "--mean-methods", default=None, help="methods of the --samples rows (default: all --methods)"
     )
+    ap.add_argument(
+        "--means-only",
+        action="store_true",
+        help="with --samples K > 1: skip the single-sample rows of the --mean-methods (K runs, not K + 1)",
+    )
     ap.add_argument("--seed", type=int, default=0, help="seed of noise and solvers")
     ap.add_argument("--out", type=Path, default=None, help="output folder (default benchmarks/results)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
@@ -229,6 +239,8 @@ def parse_args(argv=None):
     )
     if any(m not in args.methods for m in args.mean_methods):
         ap.error("--mean-methods must be a subset of --methods")
+    if args.means_only and args.samples < 2:
+        ap.error("--means-only needs --samples >= 2")
     if min(args.n, args.threads, args.steps or 1, args.tv_iters or 1, args.samples) < 1:
         ap.error("--n, --threads, --steps, --tv-iters and --samples must be >= 1")
     torch.set_num_threads(args.threads)
@@ -272,8 +284,10 @@ def main(argv=None) -> int:
         for tag in args.priors:
             for m in args.methods:
                 method = ddnm if m == "ddnm" else m
-                runs[f"{m}/{tag}"] = solver_run(method, prior[tag], args.steps)
-                if args.samples > 1 and m in args.mean_methods:
+                mean_row = args.samples > 1 and m in args.mean_methods
+                if not (mean_row and args.means_only):
+                    runs[f"{m}/{tag}"] = solver_run(method, prior[tag], args.steps)
+                if mean_row:
                     runs[f"{m}-mean{args.samples}/{tag}"] = solver_run(
                         method, prior[tag], args.steps, samples=args.samples
                     )
@@ -337,7 +351,7 @@ def report(args, command, window, names, results, total, png_name, shown, figure
         + (
             f"- `<method>-mean{args.samples}`: the Monte-Carlo posterior mean of {args.samples} samples of the "
             f"method per slice (each clamped to [0, 1], then averaged; the MMSE estimate the samples "
-            f"approximate); its s/image and NFE count all {args.samples} samples\n"
+            f"approximate); its s/image counts all {args.samples} samples, its NFE one sample's\n"
             if args.samples > 1
             else ""
         )

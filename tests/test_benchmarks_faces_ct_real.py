@@ -238,3 +238,47 @@ def test_ct_real_all_noisy_settings_still_write_a_figure(tmp_path):
     run("ct_real.py", *args, "--settings", "ct8@p1e4", "--methods", "ddnm")
     text = check_files(tmp_path / "ct_real.md", tmp_path / "ct_real.png", "ct_real.py")
     assert "(slices ct_chest_tcia_hu1024_256, 8 views, Poisson I0=1e4)" in text
+
+
+def test_ct_real_means_only(tmp_path):
+    """--samples K --means-only: the posterior-mean rows replace the single-sample rows."""
+    args = ("--quick", "--out", str(tmp_path), "--data", str(TCIA), "--prior", CHEST_PRIOR)
+    args += ("--prior-wrong", "none")
+    run("ct_real.py", *args, "--methods", "ddnm", "--samples", "2", "--means-only", "--views", "8")
+    table = section((tmp_path / "ct_real.md").read_text(), "8 views")
+    assert "| ddnm-mean2/chest |" in table and "| ddnm/chest |" not in table
+    proc = run("ct_real.py", *args, "--methods", "ddnm", "--means-only", ok=False)
+    assert "--means-only needs --samples >= 2" in proc.stderr
+
+
+def test_ct_tune_slices_are_outside_ct_real(tmp_path):
+    from ct_real import pick_files
+    from ct_tune import tuning_files
+
+    folder = tmp_path / "slices"
+    folder.mkdir()
+    rows = ["file,patient,source_repo"]
+    for patient, count in (("a", 30), ("b", 3), ("c", 20)):
+        for i in range(count):
+            (folder / f"{patient}_{i:03d}.png").touch()
+            rows.append(f"{patient}_{i:03d}.png,{patient},x")
+    (tmp_path / "slices_manifest.csv").write_text("\n".join(rows) + "\n")
+    tuning = tuning_files(folder, 8)
+    scored = set(pick_files(folder, 16)) | set(pick_files(folder, 24))
+    assert not set(tuning) & scored
+    assert [f.stem[0] for f in tuning] == ["a", "c"]  # one per patient; all of b's slices are scored
+    assert [f.stem for f in tuning_files(folder, 1)] == [tuning[0].stem]
+
+
+def test_ct_tune_quick(tmp_path):
+    args = ("--quick", "--out", str(tmp_path), "--data", str(TCIA), "--prior", CHEST_PRIOR)
+    run("ct_tune.py", *args, "--method", "dds", "--variant", "gamma=3")
+    text = (tmp_path / "ct_tune.md").read_text()
+    assert "- command: `python benchmarks/ct_tune.py --quick" in text
+    for name in ("fbp", "fista-tv", "dds (defaults)", "dds gamma=3"):
+        row = [line for line in text.splitlines() if line.startswith(f"| {name} |")]
+        values = [float(v) for v in NUMBER.findall(row[0].split("|", 2)[2])]
+        assert len(values) >= 3 and all(math.isfinite(v) for v in values), row
+    bad = ("--quick", "--out", str(tmp_path / "bad"), "--data", str(TCIA), "--prior", CHEST_PRIOR)
+    proc = run("ct_tune.py", *bad, "--method", "dds", "--variant", "gama=3", ok=False)
+    assert "unknown parameter(s) ['gama']" in proc.stderr and not (tmp_path / "bad").exists()
