@@ -126,6 +126,23 @@ def photons_label(i0: float) -> str:
     return repr(float(i0))
 
 
+def key_values(ap, text: str, option: str) -> dict:
+    """``"k=v,k=v"`` -> ``{k: v}``, each v a Python literal (number, boolean, None) or else the
+    string; a malformed item ends the program through ``ap.error`` naming ``option``."""
+    import ast
+
+    params = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            ap.error(f"{option} items are key=value, got {item!r}")
+        try:
+            params[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            params[key.strip()] = value.strip()
+    return params
+
+
 def positive_ints(ap, text: str | None, default, name: str) -> list[int]:
     """Parse a comma-separated ``--name`` option of positive integers (``default`` when None);
     bad values end the program through ``ap.error`` with a one-line message."""

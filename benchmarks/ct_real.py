@@ -58,6 +58,7 @@ from common import (  # noqa: E402
     evaluate,
     figure_row,
     header,
+    key_values,
     load_prior,
     log,
     mean_std,
@@ -73,6 +74,7 @@ from common import (  # noqa: E402
     write_text,
 )
 
+from diffinv import solvers  # noqa: E402
 from diffinv.data.medical import parse_window, read_slice  # noqa: E402
 from diffinv.operators import from_spec  # noqa: E402
 from diffinv.operators.noise import PoissonNoise  # noqa: E402
@@ -207,6 +209,13 @@ def parse_args(argv=None):
         "--mean-methods", default=None, help="methods of the --samples rows (default: all --methods)"
     )
     ap.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="METHOD:KEY=VALUE,...",
+        help="hyperparameters of one diffusion method instead of the library's (repeatable)",
+    )
+    ap.add_argument(
         "--means-only",
         action="store_true",
         help="with --samples K > 1: skip the single-sample rows of the --mean-methods (K runs, not K + 1)",
@@ -239,6 +248,16 @@ def parse_args(argv=None):
     )
     if any(m not in args.methods for m in args.mean_methods):
         ap.error("--mean-methods must be a subset of --methods")
+    args.params = {}
+    for text in args.param:
+        m, sep, items = text.partition(":")
+        if not sep or m.strip() not in args.methods:
+            ap.error(f"--param needs METHOD:KEY=VALUE with METHOD one of --methods, got {text!r}")
+        params = key_values(ap, items, "--param")
+        unknown = sorted(set(params) - set(solvers.get_class("ddnm+" if m == "ddnm" else m.strip()).defaults))
+        if unknown:
+            ap.error(f"--param: unknown parameter(s) {unknown} for {m.strip()}")
+        args.params.setdefault(m.strip(), {}).update(params)
     if args.means_only and args.samples < 2:
         ap.error("--means-only needs --samples >= 2")
     if min(args.n, args.threads, args.steps or 1, args.tv_iters or 1, args.samples) < 1:
@@ -286,10 +305,10 @@ def main(argv=None) -> int:
                 method = ddnm if m == "ddnm" else m
                 mean_row = args.samples > 1 and m in args.mean_methods
                 if not (mean_row and args.means_only):
-                    runs[f"{m}/{tag}"] = solver_run(method, prior[tag], args.steps)
+                    runs[f"{m}/{tag}"] = solver_run(method, prior[tag], args.steps, **args.params.get(m, {}))
                 if mean_row:
                     runs[f"{m}-mean{args.samples}/{tag}"] = solver_run(
-                        method, prior[tag], args.steps, samples=args.samples
+                        method, prior[tag], args.steps, samples=args.samples, **args.params.get(m, {})
                     )
         res = evaluate(runs, x, y, op, noise, args.seed, len(files), False, label(setting))
         results[setting] = res
@@ -345,6 +364,10 @@ def report(args, command, window, names, results, total, png_name, shown, figure
         f"- steps: {args.steps if args.steps else 'library defaults for CT'} (used: {', '.join(sorted(steps))}); "
         f"fista-tv and the other hyperparameters: library defaults"
         + (f" except {args.tv_iters} iterations" if args.tv_iters else "")
+        + "".join(
+            f"; {m}: " + ", ".join(f"{k} = {v}" for k, v in p.items()) + " (`--param`)"
+            for m, p in args.params.items()
+        )
         + "; ddnm runs ddnm+ with noise\n"
         "- metrics: PSNR / SSIM of the output clamped to [0, 1] against the windowed 64x64 slice, mean ± std "
         "over slices; s/image = solver wall time / slices\n"

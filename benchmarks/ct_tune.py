@@ -15,13 +15,12 @@ Usage::
     python benchmarks/ct_tune.py --setting ct18@p1e4 --method scd --variant adapt_stop=1 \\
         --variant adapt_stop=1,tv_weight=1e-3 --out /tmp/tune
 
-Writes ``<out>/ct_tune.md``.
+Writes ``<out>/ct_tune.md``, row by row as each finishes.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import sys
 import time
 from pathlib import Path
@@ -31,7 +30,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import ct_real  # noqa: E402  (puts src/ on the path)
-from common import command_line, evaluate, header, log, mean_std, result_path, solver_run, write_text  # noqa: E402
+from common import (  # noqa: E402
+    command_line,
+    evaluate,
+    header,
+    key_values,
+    log,
+    mean_std,
+    result_path,
+    solver_run,
+    write_text,
+)
 
 from diffinv import solvers  # noqa: E402
 from diffinv.data.medical import parse_window  # noqa: E402
@@ -58,20 +67,6 @@ def tuning_files(data: Path, n_slices: int) -> list[Path]:
     return picked
 
 
-def parse_variant(ap: argparse.ArgumentParser, text: str) -> dict:
-    """``"k=v,k=v"`` -> {k: literal v} (numbers, booleans, None, else the string)."""
-    params = {}
-    for item in filter(None, (s.strip() for s in text.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            ap.error(f"--variant items are key=value, got {item!r}")
-        try:
-            params[key.strip()] = ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError):
-            params[key.strip()] = value.strip()
-    return params
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--setting", default="ct8", help="SPEC[@g<sigma>|@p<I0>] as in ct_real.py (default ct8)")
@@ -92,7 +87,7 @@ def main(argv=None) -> int:
     if args.n_slices < 1 or (args.steps is not None and args.steps < 1):
         ap.error("--n-slices and --steps must be >= 1")
     spec, kind, level = ct_real.parse_setting(ap, args.setting)
-    variants = [parse_variant(ap, v) for v in args.variant]
+    variants = [key_values(ap, v, "--variant") for v in args.variant]
     torch.set_num_threads(1)
     t0 = time.perf_counter()
 
@@ -117,26 +112,23 @@ def main(argv=None) -> int:
     runs[f"{args.method} (defaults)"] = solver_run(args.method, prior, args.steps)
     for text, params in zip(args.variant, variants):
         runs[f"{args.method} {text}"] = solver_run(args.method, prior, args.steps, **params)
-    res = evaluate(runs, x, y, op, noise, args.seed, 1, False, args.setting)
-
     names = [f.stem for f in files]
     lines = [
         header(
             f"Tuning {args.method} on real CT slices outside ct_real.py's",
             command_line([sys.argv[0], *(sys.argv[1:] if argv is None else argv)]),
-        )
-    ]
-    lines += [
+        ),
         f"- setting `{args.setting}`, prior `{args.prior}`, steps {args.steps or 'library default'}, seed {args.seed}; "
         f"{len(files)} tuning slices: {', '.join(names)}\n",
         "| row | mean PSNR (dB) | s/slice | " + " | ".join(names) + " |",
         "|---|---|---|" + "---|" * len(names),
     ]
-    for name, r in res.items():
+    out = result_path("ct_tune.md", args.out)
+    for name, run in runs.items():  # the file grows row by row: a long run keeps what it measured
+        r = evaluate({name: run}, x, y, op, noise, args.seed, 1, False, args.setting)[name]
         per = " | ".join(f"{p:.2f}" for p in r["psnr"])
         lines.append(f"| {name} | {mean_std(r['psnr'])[0]:.2f} | {r['sec']:.1f} | {per} |")
-    out = result_path("ct_tune.md", args.out)
-    write_text(out, "\n".join(lines) + "\n")
+        write_text(out, "\n".join(lines) + "\n")
     print("\n".join(lines))
     log(f"wrote {out} in {time.perf_counter() - t0:.0f} s")
     return 0

@@ -282,3 +282,17 @@ def test_ct_tune_quick(tmp_path):
     bad = ("--quick", "--out", str(tmp_path / "bad"), "--data", str(TCIA), "--prior", CHEST_PRIOR)
     proc = run("ct_tune.py", *bad, "--method", "dds", "--variant", "gama=3", ok=False)
     assert "unknown parameter(s) ['gama']" in proc.stderr and not (tmp_path / "bad").exists()
+
+
+def test_ct_real_param_option(tmp_path):
+    """--param METHOD:KEY=VALUE reaches the solver and the report; bad ones fail before any work."""
+    args = ("--quick", "--out", str(tmp_path), "--data", str(TCIA), "--prior", CHEST_PRIOR)
+    args += ("--prior-wrong", "none", "--methods", "dds", "--views", "8")
+    run("ct_real.py", *args, "--param", "dds:gamma=10")
+    assert "; dds: gamma = 10 (`--param`)" in (tmp_path / "ct_real.md").read_text()
+    for bad, message in (
+        ("mcg:gamma=1", "METHOD one of --methods"),
+        ("dds:gama=1", "unknown parameter(s) ['gama']"),
+    ):
+        proc = run("ct_real.py", *args, "--param", bad, ok=False)
+        assert message in proc.stderr

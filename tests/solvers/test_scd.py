@@ -50,6 +50,19 @@ def test_without_adaptation_it_is_dds():
     torch.testing.assert_close(scd, dds, rtol=0, atol=1e-6)
 
 
+def test_a_measurement_fitted_within_its_noise_does_not_steer():
+    """Discrepancy principle: once ||A x0|t - y||^2 / M <= (adapt_stop sigma)^2 no Adam step is
+    taken; with a floor above every misfit SCD is DDS (one network call per step more)."""
+    prior, op, _, y = _problem(batch=1)
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    dds = solvers.get("dds", prior, steps=10)(y, op, sigma_y=0.05, generator=g())
+    scd = solvers.get("scd", prior, steps=10, adapt_stop=1e4, adapt_lr=1e-2)
+    torch.testing.assert_close(scd(y, op, sigma_y=0.05, generator=g()), dds, rtol=0, atol=1e-6)
+    assert scd.last_nfe == 10 * 2  # each step: the misfit check, then the estimate
+    steered = solvers.get("scd", prior, steps=10, adapt_stop=0.0, adapt_lr=1e-2)
+    assert (steered(y, op, sigma_y=0.05, generator=g()) - dds).abs().max() > 1e-4
+
+
 def test_adapted_estimates_fit_the_measurement_better():
     """At the states x_t the sampler visits, the adapted network's x0|t has a smaller data misfit
     ||A x0|t - y|| than the trained network's at the same x_t (evaluated after the solve, restored)."""
@@ -96,6 +109,7 @@ def test_lora_adapter_steers_too():
         ({"adapt_lr": 0.0}, "adapt_lr"),
         ({"adapt_iters": -1}, "adapt_iters must be an integer >= 0"),
         ({"adapt_every": 0}, "adapt_every must be a positive integer"),
+        ({"adapt_stop": -1.0}, "adapt_stop"),
     ],
 )
 def test_bad_parameters_are_one_line_errors(params, message):
