@@ -38,8 +38,9 @@ K = 1, lr 1e-3: 23.16 dB; K = 3, lr 3e-4: 23.90 dB; K = 3, lr 1e-3: 22.06 dB (on
 prior (benchmarks/results/solver_notes.md, "SCD").
 
 NFE: (K + 1) network evaluations per adapted step (K of them with back-propagation through the
-network; fewer once the discrepancy stop holds: one check, one estimate), counted per image as for every method (``last_nfe``); the images of a batch are adapted
-one after another, so a batch of B makes B times as many network calls, each on one image.
+network; once the discrepancy stop holds, two: the check and the estimate), counted per image as
+for every method (``last_nfe``: the last image's); the images of a batch are adapted one after
+another, so a batch of B makes B times as many network calls, each on one image.
 Memory: one backward pass through the network; "full" also keeps a copy of the weights and Adam's
 two moments per weight.
 
@@ -118,7 +119,8 @@ class SCD(DDS):
                     self._optimizer.zero_grad()
                     x0 = self.prior.x0(x_fixed, step.t)
                     loss = (op.A(x0) - y_z).square().mean()
-                    if loss.item() <= self._noise_floor:  # discrepancy principle: y is fitted to its noise
+                    # discrepancy principle: y is fitted to its noise (no .item() sync when off)
+                    if self._noise_floor and loss.item() <= self._noise_floor:
                         break
                     if self.params["tv_weight"]:
                         loss = loss + float(self.params["tv_weight"]) * total_variation(x0)
@@ -130,8 +132,8 @@ class SCD(DDS):
         p = self.params
         outs = []
         for b in range(y.shape[0]):  # one adaptation per image
-            # every image takes the same evaluations: the count left is one image's, as batched
-            # methods count theirs
+            # the count left is one image's (the last), as batched methods count theirs; images
+            # differ only where the discrepancy stop cuts an adaptation short
             self.prior.reset_nfe()
             sigma_z = self.measurement_to_model(y[b : b + 1], op, sigma_y)[1]
             self._noise_floor = (float(p["adapt_stop"]) * float(sigma_z)) ** 2
