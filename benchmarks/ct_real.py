@@ -76,6 +76,7 @@ from common import (  # noqa: E402
 
 from diffinv import solvers  # noqa: E402
 from diffinv.data.medical import parse_window, read_slice  # noqa: E402
+from diffinv.errors import DiffinvError  # noqa: E402
 from diffinv.operators import from_spec  # noqa: E402
 from diffinv.operators.noise import PoissonNoise  # noqa: E402
 from diffinv.viz import comparison_figure  # noqa: E402
@@ -251,13 +252,10 @@ def parse_args(argv=None):
     args.params = {}
     for text in args.param:
         m, sep, items = text.partition(":")
-        if not sep or m.strip() not in args.methods:
+        m = m.strip()
+        if not sep or m not in args.methods:
             ap.error(f"--param needs METHOD:KEY=VALUE with METHOD one of --methods, got {text!r}")
-        params = key_values(ap, items, "--param")
-        unknown = sorted(set(params) - set(solvers.get_class("ddnm+" if m == "ddnm" else m.strip()).defaults))
-        if unknown:
-            ap.error(f"--param: unknown parameter(s) {unknown} for {m.strip()}")
-        args.params.setdefault(m.strip(), {}).update(params)
+        args.params.setdefault(m, {}).update(key_values(ap, items, "--param"))
     if args.means_only and args.samples < 2:
         ap.error("--means-only needs --samples >= 2")
     if min(args.n, args.threads, args.steps or 1, args.tv_iters or 1, args.samples) < 1:
@@ -277,6 +275,11 @@ def main(argv=None) -> int:
     prior = {"chest": load_prior(args.prior, SHAPE)}
     if "ellipses" in args.priors:
         prior["ellipses"] = load_prior(args.prior_wrong, SHAPE, "--prior-wrong")
+    for m, params in args.params.items():  # the library's own check of names and values, before any work
+        try:
+            solvers.get("ddnm+" if m == "ddnm" else m, prior["chest"], **params)
+        except DiffinvError as e:
+            raise SystemExit(f"error: --param {m}: {e}") from None
     log(
         f"{len(files)} slices; settings {[label(s) for s in args.settings]}; steps {args.steps or 'library defaults'}"
     )

@@ -119,20 +119,26 @@ def test_face_box_mask():
     assert mask[0, 36, 32] == 1 and mask[0, 5, 5] == 1  # the nose tip between the boxes, the hair
 
 
+def slice_folder(tmp_path: Path, counts: dict[str, int]) -> Path:
+    """An empty ``slices/`` folder of ``<patient>_<i>.png`` files and its manifest, ``counts[p]`` per patient."""
+    folder = tmp_path / "slices"
+    folder.mkdir()
+    rows = ["file,patient,source_repo"]
+    for patient, count in counts.items():
+        for i in range(count):
+            (folder / f"{patient}_{i:03d}.png").touch()
+            rows.append(f"{patient}_{i:03d}.png,{patient},x")
+    (tmp_path / "slices_manifest.csv").write_text("\n".join(rows) + "\n")
+    return folder
+
+
 def test_ct_real_slice_selection_and_window(tmp_path):
     from ct_real import load_slices, pick_files
 
     from diffinv.data.io import load_image
     from diffinv.data.medical import parse_window
 
-    folder = tmp_path / "slices"
-    folder.mkdir()
-    rows = ["file,patient,source_repo"]
-    for patient, count in (("a", 9), ("b", 2), ("c", 6)):
-        for i in range(count):
-            (folder / f"{patient}_{i:03d}.png").touch()
-            rows.append(f"{patient}_{i:03d}.png,{patient},x")
-    (tmp_path / "slices_manifest.csv").write_text("\n".join(rows) + "\n")
+    folder = slice_folder(tmp_path, {"a": 9, "b": 2, "c": 6})
     stems = [f.stem for f in pick_files(folder, 9)]
     assert stems == ["a_001", "a_004", "a_007", "b_000", "b_001", "c_001", "c_003", "c_005"]  # b has 2
     assert [f.stem for f in pick_files(folder, 1)] == ["c_003"]
@@ -255,14 +261,7 @@ def test_ct_tune_slices_are_outside_ct_real(tmp_path):
     from ct_real import pick_files
     from ct_tune import tuning_files
 
-    folder = tmp_path / "slices"
-    folder.mkdir()
-    rows = ["file,patient,source_repo"]
-    for patient, count in (("a", 30), ("b", 3), ("c", 20)):
-        for i in range(count):
-            (folder / f"{patient}_{i:03d}.png").touch()
-            rows.append(f"{patient}_{i:03d}.png,{patient},x")
-    (tmp_path / "slices_manifest.csv").write_text("\n".join(rows) + "\n")
+    folder = slice_folder(tmp_path, {"a": 30, "b": 3, "c": 20})
     tuning = tuning_files(folder, 8)
     scored = set(pick_files(folder, 16)) | set(pick_files(folder, 24))
     assert not set(tuning) & scored

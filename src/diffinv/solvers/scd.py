@@ -131,12 +131,12 @@ class SCD(DDS):
     def _solve(self, y, op, sigma_y, generator, progress, callback):
         p = self.params
         outs = []
+        sigma_z = self.measurement_to_model(y[:1], op, sigma_y)[1]  # one noise level for the batch
+        self._noise_floor = (float(p["adapt_stop"]) * float(sigma_z)) ** 2
         for b in range(y.shape[0]):  # one adaptation per image
             # the count left is one image's (the last), as batched methods count theirs; images
             # differ only where the discrepancy stop cuts an adaptation short
             self.prior.reset_nfe()
-            sigma_z = self.measurement_to_model(y[b : b + 1], op, sigma_y)[1]
-            self._noise_floor = (float(p["adapt_stop"]) * float(sigma_z)) ** 2
             with adapted(self.prior.net, p["adapter"], int(p["lora_rank"]), seed=b) as trainable:
                 self._optimizer = torch.optim.Adam(trainable, lr=float(p["adapt_lr"]))
                 try:
