@@ -14,8 +14,8 @@ noiseless and with Gaussian noise ``sigma_y = 0.01`` added to the sinogram (in t
 ``--sigmas`` also takes ``p<I0>`` items, e.g. ``--sigmas p1e4,p1e5``: photon-count (Poisson) noise
 with ``I0`` photons per detector bin (``operators.noise.PoissonNoise``, default attenuation); the
 measured sinogram is the line integral ``-log(counts / I0)`` and its per-bin variance goes to the
-methods that weight by it (``pipeline.solve_with_variance``: fista-tv, ddnm+, dds solve the whitened
-problem, the others get the RMS noise std).
+methods that weight by it (``pipeline.solve_with_variance``: ``operators.noise.WEIGHTED_METHODS`` solve the
+whitened problem, the others get the RMS noise std).
 
 Methods: FBP (the ``pinv`` solver, which uses the ramp-filtered back-projection for CT),
 FISTA-TV (``fista-tv``, ``--tv-iters`` iterations), and the diffusion solvers ``score-proj``,
@@ -85,7 +85,7 @@ from diffinv import metrics as M  # noqa: E402
 from diffinv import pipeline, priors  # noqa: E402
 from diffinv.data.ellipses import random_phantoms, shepp_logan  # noqa: E402
 from diffinv.operators import from_spec  # noqa: E402
-from diffinv.operators.noise import PoissonNoise  # noqa: E402
+from diffinv.operators.noise import WEIGHTED_METHODS, PoissonNoise  # noqa: E402
 from diffinv.viz import comparison_figure  # noqa: E402
 
 SIZE = 64
@@ -534,7 +534,7 @@ def report(args, command, results, chosen, total, tuning_seconds, method_seconds
         + "; noise σ on the sinogram in [0, 1]-image units"
         + (
             "; Poisson: `PoissonNoise(I0)` counts (default attenuation), measured line integrals "
-            "-log(counts / I0), per-bin variance to fista-tv, ddnm+, dds and scd (weighted least squares), "
+            f"-log(counts / I0), per-bin variance to {', '.join(WEIGHTED_METHODS)} (weighted least squares), "
             "the RMS noise std to the others; tuned values: those tuned at that level"
             if any(isinstance(s, Photons) for s in args.sigmas)
             else ""

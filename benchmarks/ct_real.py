@@ -14,7 +14,7 @@ sigma_y = 0.01 on the sinogram (as in ``ct.py``). ``--settings`` replaces them w
 ``SPEC[@NOISE]`` items: any CT spec (``ct18-fan`` fan beam, ``ct60-a90`` limited angle, ``-bins<n>``)
 and ``NOISE`` = ``g<sigma>`` (Gaussian) or ``p<I0>`` (Poisson photon counts with ``I0`` photons per
 bin, ``operators.noise.PoissonNoise``: the methods that can use the per-bin variance solve the
-weighted problem, FISTA-TV, DDNM+ and DDS; the others get the RMS noise std).
+weighted problem, ``operators.noise.WEIGHTED_METHODS``; the others get the RMS noise std).
 
 Methods: FBP, FISTA-TV, and the diffusion methods DDNM (DDNM+ with noise), MCG, score-proj, DDS and
 DiffPIR (``--methods``: a subset of them), each
@@ -78,7 +78,7 @@ from diffinv import solvers  # noqa: E402
 from diffinv.data.medical import parse_window, read_slice  # noqa: E402
 from diffinv.errors import DiffinvError  # noqa: E402
 from diffinv.operators import from_spec  # noqa: E402
-from diffinv.operators.noise import PoissonNoise  # noqa: E402
+from diffinv.operators.noise import WEIGHTED_METHODS, PoissonNoise  # noqa: E402
 from diffinv.viz import comparison_figure  # noqa: E402
 
 SIZE = 64
@@ -363,7 +363,7 @@ def report(args, command, window, names, results, total, png_name, shown, figure
         f"(`-fan`: equiangular fan beam, default distances; `-a<deg>`: limited angular range); Gaussian noise σ on "
         f"the sinogram in [0, 1]-image units; Poisson: `PoissonNoise(I0)` photon counts (default attenuation), "
         f"measured line integrals -log(counts / I0), per-bin variance given to the weighted methods "
-        f"(fista-tv, ddnm+, dds, scd; the others get the RMS noise std)\n"
+        f"({', '.join(WEIGHTED_METHODS)}; the others get the RMS noise std)\n"
         f"- steps: {args.steps if args.steps else 'library defaults for CT'} (used: {', '.join(sorted(steps))}); "
         f"fista-tv and the other hyperparameters: library defaults"
         + (f" except {args.tv_iters} iterations" if args.tv_iters else "")

@@ -206,6 +206,20 @@ def test_restore_ct_poisson_noise(tmp_path, inputs, capsys):
     assert cfg["args"]["noise"] == "poisson" and cfg["args"]["measured_kind"] == "line-integrals"
 
 
+def test_restore_noise_help_names_every_weighted_method(capsys):
+    """The CLI stays torch-free at parse time, so its --noise help spells the weighted methods out;
+    it must name exactly the library's ``WEIGHTED_METHODS``."""
+    import re
+
+    from diffinv.cli import build_parser
+    from diffinv.operators.noise import WEIGHTED_METHODS
+
+    restore_parser = build_parser()._subparsers._group_actions[0].choices["restore"]
+    text = next(a.help for a in restore_parser._actions if "--noise" in a.option_strings)
+    listed = re.search(r"\); (.*) then use the per-bin variance", text).group(1)
+    assert sorted(m.strip() for m in listed.split(",")) == sorted(WEIGHTED_METHODS)
+
+
 @pytest.mark.parametrize("kind", ["counts", "line-integrals"])
 def test_restore_measured_ct_counts(tmp_path, inputs, capsys, kind):
     from diffinv.operators.noise import PoissonNoise

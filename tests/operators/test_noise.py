@@ -128,6 +128,32 @@ def test_ddnm_plus_uses_the_weighted_problem_with_poisson_noise(monkeypatch):
     assert seen and set(seen) == {"ct8"}  # DDNM+'s noise scaling came from the SVD of W^(1/2) A
 
 
+@pytest.mark.parametrize("method", ["dds", "diffpir"])
+def test_proximal_data_steps_use_the_whitened_operator_with_poisson_noise(monkeypatch, method):
+    """DDS's and DiffPIR's data step argmin ||y - A x||^2 + rho ||x - x0||^2 assumes white noise:
+    under Poisson noise it must run on W^(1/2) A (their damped pseudo-inverse), not on A."""
+    from diffinv import pipeline
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "solvers"))
+    from problems import correlated_prior
+
+    assert method in WEIGHTED_METHODS
+    seen = []
+    damped = WeightedOperator._damped_pinv
+
+    def spy(self, r, gamma):
+        seen.append(gamma)
+        return damped(self, r, gamma)
+
+    monkeypatch.setattr(WeightedOperator, "_damped_pinv", spy)
+    x = _x(16).float()
+    r = pipeline.degrade_and_restore(
+        x, "ct8", method, correlated_prior((1, 16, 16)), seed=0, noise=PoissonNoise(1e3), steps=3
+    )
+    assert torch.isfinite(r.x_hat).all() and r.x_hat.shape == x.shape
+    assert len(seen) == 3 and all(g > 0 for g in seen)  # one damped (noisy) data step per level
+
+
 def test_weighted_solve_draws_independent_samples_for_repeated_rows():
     """``solve_with_variance`` solves weighted methods row by row; repeated rows of y (K posterior
     samples of one scan) must get different noise, as they would in one batched call, and a

@@ -29,6 +29,18 @@ Parameters: ``steps`` (NFE: one per step), ``eta`` (0.85, the paper's and the CT
 (1: from x_T ~ N(0, I) as in the paper; s < 1: the last ``steps`` levels of a grid of steps / s
 levels, from ``op.initial_estimate(y)`` noised to the first of them, ``_guidance.warm_start``).
 
+``data_tv`` (0: off) adds a total-variation term to the data step,
+
+    x^0|t = argmin_x ||y - A x||^2 + gamma ||x - x0|t||^2 + data_tv TV(x)          (TV data step)
+
+(isotropic TV in model units), solved from the quadratic step's x^0|t by ``tv_iters`` FISTA steps
+with an FGP TV prox of ``tv_inner`` iterations (``classical.tv_prox_fgp``; Beck & Teboulle 2009).
+DiffusionMBIR (Chung, Ryu, McCann, Klasky, Ye, CVPR 2023, arXiv:2211.10655), whose 3D CT setting
+DDS takes up, puts such a term (TV along z) into the data step, solved by ADMM-CG; ours is
+in-plane, for noisy 2D CT, where the quadratic step passes the sinogram's noise into the image,
+and for very sparse views (results: benchmarks/results/solver_notes.md, "DDS: a TV term in the
+data step"; off by default).
+
 CT defaults (``task_defaults["ct"]``, chosen on 4 dev slices of ct_real.py, 8 and 18 views, with
 and without noise): eta = 1, start = 0.35 (from the FBP), ``cg_iters=None`` (the Gram
 factors make the exact minimiser cheaper than 5 CG steps; at 18 views noiseless 5 steps were
@@ -62,6 +74,7 @@ from ..operators.cg import cg
 from ..priors.steps import ddim_coefficients, eps_from_x0
 from ._guidance import check_start, warm_start
 from .base import Solver, register
+from .classical import power_norm2, tv_prox_fgp
 
 #: the gamma (data-term weight g = 1 / gamma) of the authors' noisy runs
 AUTHORS_NOISY_GAMMA = 1.0
@@ -75,7 +88,16 @@ class DDS(Solver):
     description = (
         "DDS (Chung et al. 2024): DDIM + a few CG steps on ||y - A x||^2 from x0|t; no network gradient"
     )
-    defaults = {"steps": 50, "eta": 0.85, "cg_iters": 5, "gamma": None, "start": 1.0}
+    defaults = {
+        "steps": 50,
+        "eta": 0.85,
+        "cg_iters": 5,
+        "gamma": None,
+        "start": 1.0,
+        "data_tv": 0.0,
+        "tv_iters": 20,
+        "tv_inner": 10,
+    }
     #: per operator family (``Solver.task_defaults``). CT: 200 steps from the FBP at 0.35 of the
     #: time range, fresh noise, the exact minimiser (benchmarks/results/ct-real-dds/ct_real.md; the
     #: steps: benchmarks/results/solver_notes.md, DDS).
@@ -88,6 +110,11 @@ class DDS(Solver):
         if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
             raise DiffinvError(f"cg_iters must be a positive integer or None, got {m!r}")
         self.check_numbers("gamma", optional=True)
+        self.check_numbers("data_tv")
+        for key in ("tv_iters", "tv_inner"):
+            v = self.params[key]
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise DiffinvError(f"{key} must be a positive integer, got {v!r}")
 
     def gamma_for(self, sigma_y: float) -> float:
         """The proximity weight used: ``gamma``, or for None 0 (sigma_y = 0) / the authors' 1.0."""
@@ -101,8 +128,28 @@ class DDS(Solver):
         r = y_z - op.A(x0)
         m = self.params["cg_iters"]
         if m is None:
-            return x0 + op.damped_pinv(r, gamma)
-        return x0 + cg(lambda p: op.At(op.A(p)) + gamma * p, op.At(r), int(m), 1e-12)
+            x = x0 + op.damped_pinv(r, gamma)
+        else:
+            x = x0 + cg(lambda p: op.At(op.A(p)) + gamma * p, op.At(r), int(m), 1e-12)
+        if self.params["data_tv"]:
+            x = self.tv_refine(x, x0, y_z, op, gamma)
+        return x
+
+    def tv_refine(self, x, x0, y_z, op, gamma: float):
+        """FISTA from ``x`` on ||y - A x||^2 + gamma ||x - x0||^2 + data_tv TV(x) (isotropic TV, model
+        units): ``tv_iters`` proximal-gradient steps, step 1 / Lip with Lip = 2 (||A||^2 + gamma), the
+        TV prox by FGP (``tv_inner`` iterations, warm-started dual; ``classical.tv_prox_fgp``)."""
+        tv = float(self.params["data_tv"])
+        lip = 2.0 * (self._norm2 + gamma)
+        u, x_prev, t, dual = x, x, 1.0, None
+        for _ in range(int(self.params["tv_iters"])):
+            grad = 2.0 * op.At(op.A(u) - y_z) + 2.0 * gamma * (u - x0)
+            # argmin (lip / 2) ||z - b||^2 + tv TV(z) = argmin ||z - b||^2 + 2 (tv / lip) TV(z)
+            z, dual = tv_prox_fgp(u - grad / lip, tv / lip, int(self.params["tv_inner"]), False, dual)
+            t_next = (1.0 + math.sqrt(1.0 + 4.0 * t * t)) / 2.0
+            u = z + ((t - 1.0) / t_next) * (z - x_prev)
+            x_prev, t = z, t_next
+        return x_prev
 
     def estimate(self, x, step, y_z, op, callback):
         """x0|t at the state ``x`` (the prior's Tweedie estimate; SCD adapts the network first)."""
@@ -113,6 +160,8 @@ class DDS(Solver):
         y_z, sigma_z, noise = self.model_problem(y, op, sigma_y, generator)
         gamma = self.gamma_for(float(sigma_z))
         eta = float(self.params["eta"])
+        # ||A||^2 for the TV data step's step size, once per call
+        self._norm2 = power_norm2(op, y_z) if self.params["data_tv"] else 0.0
         steps, x = warm_start(
             prior.schedule, int(self.params["steps"]), float(self.params["start"]), y_z, op, noise
         )
