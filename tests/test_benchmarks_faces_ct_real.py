@@ -281,6 +281,12 @@ def test_ct_tune_quick(tmp_path):
     bad = ("--quick", "--out", str(tmp_path / "bad"), "--data", str(TCIA), "--prior", CHEST_PRIOR)
     proc = run("ct_tune.py", *bad, "--method", "dds", "--variant", "gama=3", ok=False)
     assert "unknown parameter(s) ['gama']" in proc.stderr and not (tmp_path / "bad").exists()
+    proc = run("ct_tune.py", *bad, "--method", "dds", "--no-defaults", ok=False)
+    assert "--no-defaults needs at least one --variant" in proc.stderr and not (tmp_path / "bad").exists()
+    only = ("--quick", "--out", str(tmp_path / "only"), "--data", str(TCIA), "--prior", CHEST_PRIOR)
+    run("ct_tune.py", *only, "--method", "dds", "--no-defaults", "--variant", "data_tv=0.1")
+    rows = [line.split(" |")[0] for line in (tmp_path / "only" / "ct_tune.md").read_text().splitlines()]
+    assert "| dds data_tv=0.1" in rows and "| dds (defaults)" not in rows and "| fista-tv" in rows
 
 
 def test_ct_real_param_option(tmp_path):
