@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("gaussian", "poisson"),
         default="gaussian",
         help="gaussian (--sigma-y) or CT photon counts Poisson(I0 exp(-A x)); fista-tv, cg-tikhonov, "
-        "ddnm+, dds, scd, diffpir then use the per-bin variance [gaussian]",
+        "ddnm+, dds, scd then use the per-bin variance [gaussian]",
     )
     rs.add_argument("--photons", type=float, default=1e4, metavar="I0", help="CT photons per bin [1e4]")
     rs.add_argument(

@@ -16,14 +16,16 @@ and returns the measured sinogram in the operator's units, ``y = -log(max(counts
 
 Solvers
 -------
-Methods in :data:`WEIGHTED_METHODS` (FISTA-TV, CG-Tikhonov, DDNM+, DDS, SCD, DiffPIR) then solve a weighted
+Methods in :data:`WEIGHTED_METHODS` (FISTA-TV, CG-Tikhonov, DDNM+, DDS, SCD) then solve a weighted
 problem without any change to their code: :class:`WeightedOperator` is ``W^(1/2) A`` with weights
 ``w = (1 / var) / mean(1 / var)`` (mean 1, so a regularisation weight keeps its meaning) and the
 data become ``W^(1/2) y``; ``0.5 ||W^(1/2) (A x - y)||^2`` is the weighted data term. The whitened
 noise ``W^(1/2) n`` is white with the constant variance ``1 / mean(1 / var)``, which is what DDNM+'s
 per-singular-value noise model (computed on the SVD of ``W^(1/2) A``, closed form for CT's
-``pinv_method="gram"``) and the damped data steps of DDS and DiffPIR assume. Every other method gets the scalar
-``sigma_y = sqrt(mean(var))`` (the RMS noise std of y).
+``pinv_method="gram"``) and DDS's damped data step assume. Every other method gets the scalar
+``sigma_y = sqrt(mean(var))`` (the RMS noise std of y). DiffPIR could take the whitened problem
+too but scored 0.09 dB lower with it (Poisson I0 1e4, 18 views, 8 real tuning slices:
+benchmarks/results/solver_notes.md), so it keeps the RMS std.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from .base import LinearOperator
 from .ct_sparse import range_pinv, range_spectral_view
 
 #: Solvers given the whitened problem (``W^(1/2) A``, ``W^(1/2) y``) when a per-bin variance is known.
-WEIGHTED_METHODS = ("fista-tv", "cg-tikhonov", "ddnm+", "dds", "scd", "diffpir")
+WEIGHTED_METHODS = ("fista-tv", "cg-tikhonov", "ddnm+", "dds", "scd")
 NOISE_MODELS = ("gaussian", "poisson")
 MEASURED_KINDS = ("line-integrals", "counts")
 
