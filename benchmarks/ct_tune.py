@@ -103,7 +103,7 @@ def main(argv=None) -> int:
     prior = ct_real.load_prior(args.prior, ct_real.SHAPE)
     for params in [{}, *variants]:  # an unknown method or parameter fails here, before any work
         try:
-            solvers.get(args.method, prior, **({"steps": args.steps} if args.steps else {}), **params)
+            solvers.get(args.method, prior, **{**({"steps": args.steps} if args.steps else {}), **params})
         except DiffinvError as e:
             raise SystemExit(f"error: {e}") from None
     op = from_spec(spec, ct_real.SHAPE)
@@ -119,7 +119,9 @@ def main(argv=None) -> int:
     if not args.no_defaults:  # the defaults' row, already measured elsewhere, can cost an hour (scd)
         runs[f"{args.method} (defaults)"] = solver_run(args.method, prior, args.steps)
     for text, params in zip(args.variant, variants):
-        runs[f"{args.method} {text}"] = solver_run(args.method, prior, args.steps, **params)
+        # a variant's own steps=N overrides --steps for its row
+        row = dict(params)
+        runs[f"{args.method} {text}"] = solver_run(args.method, prior, row.pop("steps", args.steps), **row)
     names = [f.stem for f in files]
     lines = [
         header(

@@ -284,9 +284,9 @@ def test_ct_tune_quick(tmp_path):
     proc = run("ct_tune.py", *bad, "--method", "dds", "--no-defaults", ok=False)
     assert "--no-defaults needs at least one --variant" in proc.stderr and not (tmp_path / "bad").exists()
     only = ("--quick", "--out", str(tmp_path / "only"), "--data", str(TCIA), "--prior", CHEST_PRIOR)
-    run("ct_tune.py", *only, "--method", "dds", "--no-defaults", "--variant", "data_tv=0.1")
+    run("ct_tune.py", *only, "--method", "dds", "--no-defaults", "--variant", "data_tv=0.1,steps=3")
     rows = [line.split(" |")[0] for line in (tmp_path / "only" / "ct_tune.md").read_text().splitlines()]
-    assert "| dds data_tv=0.1" in rows and "| dds (defaults)" not in rows and "| fista-tv" in rows
+    assert "| dds data_tv=0.1,steps=3" in rows and "| dds (defaults)" not in rows and "| fista-tv" in rows
 
 
 def test_ct_real_param_option(tmp_path):
