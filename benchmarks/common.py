@@ -127,20 +127,16 @@ def photons_label(i0: float) -> str:
 
 
 def key_values(ap, text: str, option: str) -> dict:
-    """``"k=v,k=v"`` -> ``{k: v}``, each v a Python literal (number, boolean, None) or else the
-    string; a malformed item ends the program through ``ap.error`` naming ``option``."""
-    import ast
+    """``"k=v,k=v"`` -> ``{k: v}``, parsed as the CLI's ``--param`` (``preflight.parse_params``:
+    bool / None / int / float / string); a malformed item ends the program through ``ap.error``
+    naming ``option``."""
+    from diffinv.errors import DiffinvError
+    from diffinv.preflight import parse_params
 
-    params = {}
-    for item in filter(None, (s.strip() for s in text.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            ap.error(f"{option} items are key=value, got {item!r}")
-        try:
-            params[key.strip()] = ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError):
-            params[key.strip()] = value.strip()
-    return params
+    try:
+        return parse_params([s for s in (t.strip() for t in text.split(",")) if s], option)
+    except DiffinvError as e:
+        ap.error(str(e))
 
 
 def positive_ints(ap, text: str | None, default, name: str) -> list[int]:

@@ -301,3 +301,24 @@ def test_ct_real_param_option(tmp_path):
     ):
         proc = run("ct_real.py", *args, "--param", bad, ok=False)
         assert message in proc.stderr
+
+
+def test_key_values_parse_as_the_cli_param_and_name_their_option(capsys):
+    """``common.key_values`` (``--variant`` / ``--param`` items) parses as the CLI's ``--param``
+    and ends a malformed item with one line naming the option."""
+    import argparse
+
+    from common import key_values
+
+    ap = argparse.ArgumentParser(prog="bench")
+    assert key_values(ap, "gamma=10, data_tv=0.2,stop=true,g=None,name=x", "--variant") == {
+        "gamma": 10,
+        "data_tv": 0.2,
+        "stop": True,
+        "g": None,
+        "name": "x",
+    }
+    with pytest.raises(SystemExit):
+        key_values(ap, "gamma=10,gama3", "--variant")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "bench: error: --variant expects KEY=VALUE, got 'gama3'"

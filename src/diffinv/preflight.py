@@ -82,10 +82,11 @@ def check_input_files(paths: Iterable[str | os.PathLike], what: str = "image fil
     return checked
 
 
-def parse_params(items: Sequence[str] | None) -> dict:
+def parse_params(items: Sequence[str] | None, option: str = "--param") -> dict:
     """``--param KEY=VALUE`` items -> dict; values parsed as bool / None / int / float / string.
 
-    Dashes in keys become underscores (``grad-weight`` is ``grad_weight``).
+    Dashes in keys become underscores (``grad-weight`` is ``grad_weight``). ``option`` names the
+    command-line option in the error messages.
 
     Raises:
         ValueError: (one line) an item without ``=`` or a key, or a non-finite number.
@@ -95,7 +96,7 @@ def parse_params(items: Sequence[str] | None) -> dict:
         key, sep, raw = str(item).partition("=")
         key = key.strip().replace("-", "_")
         if not sep or not key:
-            raise DiffinvError(f"--param expects KEY=VALUE, got {item!r}")
+            raise DiffinvError(f"{option} expects KEY=VALUE, got {item!r}")
         raw = raw.strip()
         low = raw.lower()
         if low in ("true", "false"):
@@ -111,7 +112,7 @@ def parse_params(items: Sequence[str] | None) -> dict:
                 except ValueError:
                     value = raw
             if isinstance(value, float) and not math.isfinite(value):
-                raise DiffinvError(f"--param {key}: value must be finite, got {raw!r}")
+                raise DiffinvError(f"{option} {key}: value must be finite, got {raw!r}")
         params[key] = value
     return params
 
