@@ -101,8 +101,15 @@ class Server:
                 self.ready.set()
 
     def files(self) -> list[Path]:
-        """Every file under the server's temporary root."""
-        return [p for p in self.root.rglob("*") if p.is_file()] if self.root.exists() else []
+        """Every file under the server's temporary root. The server removes job folders while this
+        walks them (a failed CI run: rglob raised on a folder deleted mid-walk), so the walk is
+        os.walk's, which skips a folder that vanished; a file that vanished is not listed."""
+        return [
+            Path(top, name)
+            for top, _, names in os.walk(self.root)
+            for name in names
+            if Path(top, name).is_file()
+        ]
 
     def stop(self):
         if self.proc.poll() is None:

@@ -384,3 +384,48 @@ def test_serve_help_imports_neither_gradio_nor_torch(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "--queue N" in proc.stdout and proc.stdout.splitlines()[-2:] == ["2 2", "[]"], proc.stdout
     assert "--port must be in [0, 65535], got -1" in proc.stderr
+
+
+def test_purge_cache_removes_old_files_and_empty_folders_and_keeps_fresh_ones(tmp_path):
+    from diffinv.app.server import purge_cache
+
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "b" / "x.png").write_bytes(b"x")
+    (tmp_path / "a" / "y.png").write_bytes(b"y")
+    (tmp_path / "empty").mkdir()
+    assert purge_cache(tmp_path, min_age=3600) == 0  # all fresh: files stay, the empty folder goes
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "b", "x.png", "y.png"]
+    assert purge_cache(tmp_path, min_age=-1) == 2
+    assert list(tmp_path.iterdir()) == []  # the folders emptied by this pass went in the same pass
+
+
+def test_purge_cache_survives_folders_deleted_while_it_walks(tmp_path):
+    """The server purges while job threads delete their folders; a failed CI run showed that a walk
+    over such a tree (pathlib's rglob) raises when a folder vanishes under it."""
+    import shutil
+
+    from diffinv.app.server import purge_cache
+
+    stop, errors = threading.Event(), []
+
+    def churn():
+        i = 0
+        while not stop.is_set():
+            job = tmp_path / f"job-{i % 4}"
+            (job / "out" / "deep").mkdir(parents=True, exist_ok=True)
+            (job / "out" / "deep" / "f.png").write_bytes(b"f")
+            shutil.rmtree(job, ignore_errors=True)
+            i += 1
+
+    worker = threading.Thread(target=churn)
+    worker.start()
+    try:
+        for _ in range(300):
+            try:
+                purge_cache(tmp_path, min_age=3600)
+            except OSError as e:  # pragma: no cover - the failure this test guards against
+                errors.append(e)
+    finally:
+        stop.set()
+        worker.join()
+    assert errors == []

@@ -27,15 +27,28 @@ def purge_cache(folder: Path, min_age: float = 2.0) -> int:
     removed, now = 0, time.time()
     if not folder.is_dir():
         return 0
-    for p in sorted(folder.rglob("*"), key=lambda q: len(q.parts), reverse=True):
-        try:
-            if p.is_dir() and not p.is_symlink():
-                p.rmdir() if not any(p.iterdir()) else None
-            elif now - p.lstat().st_ctime > min_age:
-                p.unlink()
-                removed += 1
-        except OSError:
-            continue
+    # Bottom-up os.walk, not rglob: job threads delete folders while this runs, and rglob raises on a
+    # folder that vanished mid-walk where os.walk skips it.
+    for top, dirs, names in os.walk(folder, topdown=False):
+        for name in names:
+            p = Path(top, name)
+            try:
+                if now - p.lstat().st_ctime > min_age:
+                    p.unlink()
+                    removed += 1
+            except OSError:
+                continue
+        for name in dirs:  # a link to a folder is listed here too; it goes like a file
+            p = Path(top, name)
+            try:
+                if p.is_symlink():
+                    if now - p.lstat().st_ctime > min_age:
+                        p.unlink()
+                        removed += 1
+                elif not any(p.iterdir()):
+                    p.rmdir()
+            except OSError:
+                continue
     return removed
 
 
