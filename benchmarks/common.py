@@ -350,10 +350,94 @@ def solver_run(method: str, prior=None, steps: int | None = None, samples: int =
     return run
 
 
-def evaluate(runs: dict, x, y, op, sigma: float, seed: int, batch: int, lpips: bool, label: str = "") -> dict:
+class BatchStore:
+    """The finished batches of a long benchmark run, kept so that a run that was cut resumes
+    (``--resume DIR`` of ``ct_real.py`` / ``ct_tune.py``).
+
+    Each batch's ``(x_hat, seconds, nfe, steps)`` is written atomically to
+    ``DIR/<label>/<row>/batch-<b>.pt`` when the batch ends, and read back (tensors and numbers only,
+    ``torch.load(weights_only=True)``) instead of running it again. ``DIR/run.json`` holds the
+    arguments that decide the outputs (``identity``); a run with other such arguments is refused
+    rather than mixed with them. The code is not part of the identity: resume across a change to a
+    solver only when the change cannot alter its outputs.
+    """
+
+    def __init__(self, folder: str | os.PathLike, identity: dict, option: str = "--resume"):
+        import json
+
+        self.folder = Path(folder)
+        record = self.folder / "run.json"
+        if record.is_file():
+            try:
+                held = json.loads(record.read_text())["identity"]
+            except (ValueError, KeyError, TypeError) as e:
+                raise SystemExit(f"error: {option} {folder}: unreadable {record.name} ({e})") from None
+            differ = sorted(k for k in held.keys() | identity.keys() if held.get(k) != identity.get(k))
+            if differ:
+                raise SystemExit(
+                    f"error: {option} {folder} holds a run with other arguments ({', '.join(differ)}); "
+                    "use a new folder"
+                )
+        elif self.folder.exists() and any(self.folder.iterdir()):
+            raise SystemExit(f"error: {option} {folder} is not empty and holds no {record.name}")
+        else:
+            body = {"identity": identity, "git_commit": git_commit(), "started": now()}
+            write_text(record, json.dumps(body, indent=1, sort_keys=True) + "\n")
+        self.done = 0  # batches read back in this process
+
+    def _path(self, label: str, name: str, b: int) -> Path:
+        slug = lambda s: "".join(c if c.isalnum() or c in "-_." else "_" for c in s) or "_"  # noqa: E731
+        return self.folder / slug(label) / slug(name) / f"batch-{b}.pt"
+
+    def get(self, label: str, name: str, b: int, shape) -> tuple | None:
+        """The stored outputs of batch ``b`` of row ``name``, or None; refused if not ``shape``."""
+        import torch
+
+        path = self._path(label, name, b)
+        if not path.is_file():
+            return None
+        d = torch.load(path, weights_only=True)
+        if tuple(d["x"].shape) != tuple(shape):
+            raise SystemExit(
+                f"error: {path} holds {tuple(d['x'].shape)} images, this run makes {tuple(shape)}"
+            )
+        self.done += 1
+        return d["x"], d["seconds"], d["nfe"], d["steps"]
+
+    def put(self, label: str, name: str, b: int, x_hat, seconds: float, nfe, steps) -> None:
+        import io
+
+        import torch
+
+        buf = io.BytesIO()
+        torch.save({"x": x_hat.detach().cpu(), "seconds": float(seconds), "nfe": nfe, "steps": steps}, buf)
+        write_bytes(self._path(label, name, b), buf.getvalue())
+
+
+def run_identity(args, skip=("out", "resume", "threads")) -> dict:
+    """The parsed arguments, less those that cannot change the outputs, as JSON values (a
+    :class:`BatchStore`'s identity)."""
+    import json
+
+    return json.loads(json.dumps({k: v for k, v in vars(args).items() if k not in skip}, default=str))
+
+
+def evaluate(
+    runs: dict,
+    x,
+    y,
+    op,
+    sigma: float,
+    seed: int,
+    batch: int,
+    lpips: bool,
+    label: str = "",
+    store: BatchStore | None = None,
+) -> dict:
     """Run every ``runs[name]`` (see :func:`solver_run`) on the images ``x`` / measurements ``y`` in
     batches; returns ``{name: {"psnr", "ssim"[, "lpips"]: per-image lists, "sec": seconds/image,
-    "nfe": per call, "steps": used, "out": clamped outputs}}``."""
+    "nfe": per call, "steps": used, "out": clamped outputs}}``. With a ``store``, batches it holds
+    are read back instead of run, and each batch run is stored as it ends."""
     import torch
 
     from diffinv import metrics as M
@@ -361,10 +445,18 @@ def evaluate(runs: dict, x, y, op, sigma: float, seed: int, batch: int, lpips: b
     res = {}
     for name, run in runs.items():
         r = {"psnr": [], "ssim": [], **({"lpips": []} if lpips else {}), "sec": 0.0, "out": []}
+        resumed = 0
         for b, lo in enumerate(range(0, x.shape[0], batch)):
             xb = x[lo : lo + batch]
             sb = sigma[lo : lo + batch] if torch.is_tensor(sigma) else sigma  # per-bin variance
-            x_hat, sec, r["nfe"], r["steps"] = run(y[lo : lo + batch], op, sb, seed + b)
+            held = store.get(label, name, b, xb.shape) if store is not None else None
+            if held is None:
+                x_hat, sec, r["nfe"], r["steps"] = run(y[lo : lo + batch], op, sb, seed + b)
+                if store is not None:
+                    store.put(label, name, b, x_hat, sec, r["nfe"], r["steps"])
+            else:
+                x_hat, sec, r["nfe"], r["steps"] = held
+                resumed += 1
             xc = x_hat.clamp(0, 1).to(xb.dtype)
             r["psnr"] += M.psnr(xc, xb).tolist()
             r["ssim"] += M.ssim(xc, xb).tolist()
@@ -376,6 +468,7 @@ def evaluate(runs: dict, x, y, op, sigma: float, seed: int, batch: int, lpips: b
         r["out"] = torch.cat(r["out"])
         res[name] = r
         extra = f"  LPIPS {mean_std(r['lpips'])[0]:.3f}" if lpips else ""
+        extra += f"  ({resumed} batch(es) read back from {store.folder})" if resumed else ""
         log(
             f"[{now()[11:19]}] {label:<24} {name:<20} PSNR {mean_std(r['psnr'])[0]:6.2f}{extra}  {r['sec']:.2f} s/img"
         )

@@ -33,6 +33,9 @@ Usage::
     python benchmarks/ct_real.py --prior /work/runs/ct-chest-64    # full run
     python benchmarks/ct_real.py --quick --out /tmp/ctr             # smoke run: 2 slices, 8 + 18 views
     python benchmarks/ct_real.py --settings ct18-fan,ct60-a90,ct18@p1e4,ct18@p1e5 --prior-wrong none
+    # hours long (SCD, 4 samples): one slice per solver call, each kept in /work/keep; run the same
+    # command again after a cut and it goes on from the last finished slice
+    python benchmarks/ct_real.py --methods scd --samples 4 --means-only --batch 1 --resume /work/keep
 
 Writes ``<out>/ct_real.md`` and ``<out>/ct_real.png`` (a few slices, noiseless, every method);
 ``--out`` defaults to ``benchmarks/results``.
@@ -54,6 +57,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
+    BatchStore,
     command_line,
     evaluate,
     figure_row,
@@ -67,6 +71,7 @@ from common import (  # noqa: E402
     positive_ints,
     rel_path,
     result_path,
+    run_identity,
     save_png,
     solver_run,
     summary_table,
@@ -222,6 +227,20 @@ def parse_args(argv=None):
         help="with --samples K > 1: skip the single-sample rows of the --mean-methods (K runs, not K + 1)",
     )
     ap.add_argument("--seed", type=int, default=0, help="seed of noise and solvers")
+    ap.add_argument(
+        "--batch",
+        type=int,
+        default=None,
+        help="slices per solver call (default: all; solver seeds are per call, so it changes the draws)",
+    )
+    ap.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="keep each finished batch in DIR and read it back when the same command runs again "
+        "(a run that was cut goes on where it stopped; pair it with a small --batch)",
+    )
     ap.add_argument("--out", type=Path, default=None, help="output folder (default benchmarks/results)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     ap.add_argument(
@@ -258,8 +277,8 @@ def parse_args(argv=None):
         args.params.setdefault(m, {}).update(key_values(ap, items, "--param"))
     if args.means_only and args.samples < 2:
         ap.error("--means-only needs --samples >= 2")
-    if min(args.n, args.threads, args.steps or 1, args.tv_iters or 1, args.samples) < 1:
-        ap.error("--n, --threads, --steps, --tv-iters and --samples must be >= 1")
+    if min(args.n, args.threads, args.steps or 1, args.tv_iters or 1, args.samples, args.batch or 1) < 1:
+        ap.error("--n, --threads, --steps, --tv-iters, --samples and --batch must be >= 1")
     torch.set_num_threads(args.threads)
     return args
 
@@ -280,6 +299,7 @@ def main(argv=None) -> int:
             solvers.get("ddnm+" if m == "ddnm" else m, prior["chest"], **params)
         except DiffinvError as e:
             raise SystemExit(f"error: --param {m}: {e}") from None
+    store = BatchStore(args.resume, run_identity(args)) if args.resume is not None else None
     log(
         f"{len(files)} slices; settings {[label(s) for s in args.settings]}; steps {args.steps or 'library defaults'}"
     )
@@ -313,7 +333,9 @@ def main(argv=None) -> int:
                     runs[f"{m}-mean{args.samples}/{tag}"] = solver_run(
                         method, prior[tag], args.steps, samples=args.samples, **args.params.get(m, {})
                     )
-        res = evaluate(runs, x, y, op, noise, args.seed, len(files), False, label(setting))
+        res = evaluate(
+            runs, x, y, op, noise, args.seed, args.batch or len(files), False, label(setting), store
+        )
         results[setting] = res
         # the figure shows the noiseless settings, or the first setting when every one is noisy
         if kind == "none" or (k_setting == 0 and all_noisy):

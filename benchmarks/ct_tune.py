@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import ct_real  # noqa: E402  (puts src/ on the path)
 from common import (  # noqa: E402
+    BatchStore,
     command_line,
     evaluate,
     header,
@@ -38,6 +39,7 @@ from common import (  # noqa: E402
     log,
     mean_std,
     result_path,
+    run_identity,
     solver_run,
     write_text,
 )
@@ -79,6 +81,14 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed of noise and solvers")
     ap.add_argument("--out", type=Path, default=None, help="output folder (default benchmarks/results)")
     ap.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="keep each finished slice of each row in DIR and read it back on a rerun with the same "
+        "setting, method, slices, steps, prior and seed (a cut run goes on; new variants may be added)",
+    )
+    ap.add_argument(
         "--no-defaults",
         action="store_true",
         help="skip the method's row at the library defaults (a --variant is then required)",
@@ -106,6 +116,9 @@ def main(argv=None) -> int:
             solvers.get(args.method, prior, **{**({"steps": args.steps} if args.steps else {}), **params})
         except DiffinvError as e:
             raise SystemExit(f"error: {e}") from None
+    # rows are keyed by their names, so the variants and --no-defaults stay out of the identity
+    skip = ("out", "resume", "variant", "no_defaults")
+    store = BatchStore(args.resume, run_identity(args, skip)) if args.resume is not None else None
     op = from_spec(spec, ct_real.SHAPE)
     g = torch.Generator().manual_seed(args.seed)
     if kind == "poisson":
@@ -135,7 +148,7 @@ def main(argv=None) -> int:
     ]
     out = result_path("ct_tune.md", args.out)
     for name, run in runs.items():  # the file grows row by row: a long run keeps what it measured
-        r = evaluate({name: run}, x, y, op, noise, args.seed, 1, False, args.setting)[name]
+        r = evaluate({name: run}, x, y, op, noise, args.seed, 1, False, args.setting, store)[name]
         per = " | ".join(f"{p:.2f}" for p in r["psnr"])
         lines.append(f"| {name} | {mean_std(r['psnr'])[0]:.2f} | {r['sec']:.1f} | {per} |")
         write_text(out, "\n".join(lines) + "\n")

@@ -284,9 +284,13 @@ def test_ct_tune_quick(tmp_path):
     proc = run("ct_tune.py", *bad, "--method", "dds", "--no-defaults", ok=False)
     assert "--no-defaults needs at least one --variant" in proc.stderr and not (tmp_path / "bad").exists()
     only = ("--quick", "--out", str(tmp_path / "only"), "--data", str(TCIA), "--prior", CHEST_PRIOR)
-    run("ct_tune.py", *only, "--method", "dds", "--no-defaults", "--variant", "data_tv=0.1,steps=3")
+    only += ("--method", "dds", "--no-defaults", "--resume", str(tmp_path / "keep"))
+    run("ct_tune.py", *only, "--variant", "data_tv=0.1,steps=3")
     rows = [line.split(" |")[0] for line in (tmp_path / "only" / "ct_tune.md").read_text().splitlines()]
     assert "| dds data_tv=0.1,steps=3" in rows and "| dds (defaults)" not in rows and "| fista-tv" in rows
+    # --resume: a rerun with one more variant reads the three finished rows back and runs the new one
+    proc = run("ct_tune.py", *only, "--variant", "data_tv=0.1,steps=3", "--variant", "gamma=3")
+    assert proc.stderr.count("read back from") == 3 and "| dds gamma=3 |" in proc.stdout
 
 
 def test_ct_real_param_option(tmp_path):
@@ -322,3 +326,37 @@ def test_key_values_parse_as_the_cli_param_and_name_their_option(capsys):
         key_values(ap, "gamma=10,gama3", "--variant")
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == "bench: error: --variant expects KEY=VALUE, got 'gama3'"
+
+
+def test_ct_real_resume_reads_back_finished_batches_and_refuses_other_arguments(tmp_path):
+    """--resume DIR: a rerun reads every finished batch back (same table), a batch that is missing
+    (a run cut before it ended) is run again, and other arguments on the same DIR are refused."""
+    keep = tmp_path / "keep"
+    args = ("--quick", "--data", str(TCIA), "--prior", CHEST_PRIOR, "--prior-wrong", "none")
+    args += ("--methods", "ddnm", "--views", "8", "--batch", "1", "--resume", str(keep))
+
+    def table(out):
+        return [
+            [float(v) for v in NUMBER.findall(line.split("|", 2)[2])]
+            for line in section((out / "ct_real.md").read_text(), "8 views").splitlines()
+            if line.startswith(("| fbp |", "| fista-tv |", "| ddnm/chest |"))
+        ]
+
+    run("ct_real.py", *args, "--out", str(tmp_path / "a"))
+    stored = sorted(keep.rglob("batch-*.pt"))
+    n_slices = 1 if TCIA.is_file() else 2
+    assert len(stored) == 3 * n_slices  # fbp, fista-tv, ddnm: one batch per slice
+    proc = run("ct_real.py", *args, "--out", str(tmp_path / "b"))
+    assert proc.stderr.count("read back from") == 3
+    assert table(tmp_path / "b") == table(tmp_path / "a")  # the stored outputs, not a second computation
+
+    cut = next(p for p in stored if "ddnm" in p.parent.name)
+    cut.unlink()
+    proc = run("ct_real.py", *args, "--out", str(tmp_path / "c"))
+    assert cut.is_file() and proc.stderr.count("read back from") == 2 + (n_slices > 1)
+    rows_a, rows_c = table(tmp_path / "a"), table(tmp_path / "c")
+    assert all(abs(u - v) <= 0.011 for ra, rc in zip(rows_a, rows_c) for u, v in zip(ra[:1], rc[:1]))
+
+    proc = run("ct_real.py", *args, "--out", str(tmp_path / "d"), "--seed", "1", ok=False)
+    assert "holds a run with other arguments (seed); use a new folder" in proc.stderr
+    assert not (tmp_path / "d").exists()
