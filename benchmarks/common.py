@@ -383,7 +383,6 @@ class BatchStore:
         else:
             body = {"identity": identity, "git_commit": git_commit(), "started": now()}
             write_text(record, json.dumps(body, indent=1, sort_keys=True) + "\n")
-        self.done = 0  # batches read back in this process
 
     def _path(self, label: str, name: str, b: int) -> Path:
         slug = lambda s: "".join(c if c.isalnum() or c in "-_." else "_" for c in s) or "_"  # noqa: E731
@@ -401,7 +400,6 @@ class BatchStore:
             raise SystemExit(
                 f"error: {path} holds {tuple(d['x'].shape)} images, this run makes {tuple(shape)}"
             )
-        self.done += 1
         return d["x"], d["seconds"], d["nfe"], d["steps"]
 
     def put(self, label: str, name: str, b: int, x_hat, seconds: float, nfe, steps) -> None:
