@@ -389,14 +389,20 @@ def test_serve_help_imports_neither_gradio_nor_torch(tmp_path):
 def test_purge_cache_removes_old_files_and_empty_folders_and_keeps_fresh_ones(tmp_path):
     from diffinv.app.server import purge_cache
 
-    (tmp_path / "a" / "b").mkdir(parents=True)
-    (tmp_path / "a" / "b" / "x.png").write_bytes(b"x")
-    (tmp_path / "a" / "y.png").write_bytes(b"y")
-    (tmp_path / "empty").mkdir()
-    assert purge_cache(tmp_path, min_age=3600) == 0  # all fresh: files stay, the empty folder goes
-    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "b", "x.png", "y.png"]
-    assert purge_cache(tmp_path, min_age=-1) == 2
-    assert list(tmp_path.iterdir()) == []  # the folders emptied by this pass went in the same pass
+    outside = tmp_path / "outside"
+    (outside / "kept").mkdir(parents=True)
+    (outside / "kept" / "z.png").write_bytes(b"z")
+    root = tmp_path / "cache"
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "a" / "b" / "x.png").write_bytes(b"x")
+    (root / "a" / "y.png").write_bytes(b"y")
+    (root / "empty").mkdir()
+    (root / "link").symlink_to(outside / "kept", target_is_directory=True)
+    assert purge_cache(root, min_age=3600) == 0  # all fresh: files and the link stay, the empty folder goes
+    assert sorted(p.name for p in root.rglob("*")) == ["a", "b", "link", "x.png", "y.png"]
+    assert purge_cache(root, min_age=-1) == 3  # two files and the link
+    assert list(root.iterdir()) == []  # the folders emptied by this pass went in the same pass
+    assert (outside / "kept" / "z.png").is_file()  # a link is removed, never followed
 
 
 def test_purge_cache_survives_folders_deleted_while_it_walks(tmp_path):

@@ -30,7 +30,8 @@ def purge_cache(folder: Path, min_age: float = 2.0) -> int:
     # Bottom-up os.walk, not rglob: job threads delete folders while this runs, and rglob raises on a
     # folder that vanished mid-walk where os.walk skips it.
     for top, dirs, names in os.walk(folder, topdown=False):
-        for name in names:
+        links = [d for d in dirs if Path(top, d).is_symlink()]  # a link to a folder goes like a file
+        for name in names + links:
             p = Path(top, name)
             try:
                 if now - p.lstat().st_ctime > min_age:
@@ -38,15 +39,10 @@ def purge_cache(folder: Path, min_age: float = 2.0) -> int:
                     removed += 1
             except OSError:
                 continue
-        for name in dirs:  # a link to a folder is listed here too; it goes like a file
-            p = Path(top, name)
+        for name in set(dirs) - set(links):
             try:
-                if p.is_symlink():
-                    if now - p.lstat().st_ctime > min_age:
-                        p.unlink()
-                        removed += 1
-                elif not any(p.iterdir()):
-                    p.rmdir()
+                if not any(Path(top, name).iterdir()):
+                    Path(top, name).rmdir()
             except OSError:
                 continue
     return removed
