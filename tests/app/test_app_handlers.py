@@ -412,26 +412,31 @@ def test_purge_cache_survives_folders_deleted_while_it_walks(tmp_path):
 
     from diffinv.app.server import purge_cache
 
-    stop, errors = threading.Event(), []
+    stop, errors, rounds = threading.Event(), [], [0]
 
     def churn():
-        i = 0
         while not stop.is_set():
-            job = tmp_path / f"job-{i % 4}"
-            (job / "out" / "deep").mkdir(parents=True, exist_ok=True)
-            (job / "out" / "deep" / "f.png").write_bytes(b"f")
+            job = tmp_path / f"job-{rounds[0] % 4}"
+            try:
+                (job / "out" / "deep").mkdir(parents=True, exist_ok=True)
+                (job / "out" / "deep" / "f.png").write_bytes(b"f")
+            except OSError:  # the purge removed a folder this had just made, still empty
+                pass
             shutil.rmtree(job, ignore_errors=True)
-            i += 1
+            rounds[0] += 1
 
     worker = threading.Thread(target=churn)
     worker.start()
-    try:
-        for _ in range(300):
+    deadline, purges = time.monotonic() + 20, 0
+    try:  # purge while the folders change: at least 1000 purges over at least 200 rounds of churn
+        while (rounds[0] < 200 or purges < 1000) and time.monotonic() < deadline:
             try:
                 purge_cache(tmp_path, min_age=3600)
             except OSError as e:  # pragma: no cover - the failure this test guards against
                 errors.append(e)
+            purges += 1
     finally:
         stop.set()
         worker.join()
     assert errors == []
+    assert rounds[0] >= 200  # the folders really changed all along the purges
