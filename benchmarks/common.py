@@ -362,22 +362,36 @@ class BatchStore:
     solver only when the change cannot alter its outputs.
     """
 
-    def __init__(self, folder: str | os.PathLike, identity: dict, option: str = "--resume"):
+    def __init__(
+        self,
+        folder: str | os.PathLike,
+        identity: dict,
+        option: str = "--resume",
+        ignore: tuple[str, ...] = (),
+        create: bool = True,
+    ):
+        """``ignore``: identity keys that may differ (a ``--pool`` store's seed); ``create=False``
+        opens a finished run's store to read only, refusing a folder that holds none."""
         import json
 
         self.folder = Path(folder)
+        self.identity = identity
         record = self.folder / "run.json"
         if record.is_file():
             try:
                 held = json.loads(record.read_text())["identity"]
             except (ValueError, KeyError, TypeError) as e:
                 raise SystemExit(f"error: {option} {folder}: unreadable {record.name} ({e})") from None
-            differ = sorted(k for k in held.keys() | identity.keys() if held.get(k) != identity.get(k))
+            keys = (held.keys() | identity.keys()) - set(ignore)
+            differ = sorted(k for k in keys if held.get(k) != identity.get(k))
             if differ:
                 raise SystemExit(
                     f"error: {option} {folder} holds a run with other arguments ({', '.join(differ)}); "
                     "use a new folder"
                 )
+            self.identity = held
+        elif not create:
+            raise SystemExit(f"error: {option} {folder} holds no {record.name} (not a --resume folder)")
         elif self.folder.exists() and any(self.folder.iterdir()):
             raise SystemExit(f"error: {option} {folder} is not empty and holds no {record.name}")
         else:
@@ -412,9 +426,9 @@ class BatchStore:
         write_bytes(self._path(label, name, b), buf.getvalue())
 
 
-def run_identity(args, skip=("out", "resume", "threads")) -> dict:
-    """The parsed arguments, less those that cannot change the outputs, as JSON values (a
-    :class:`BatchStore`'s identity)."""
+def run_identity(args, skip=("out", "resume", "pool", "threads")) -> dict:
+    """The parsed arguments, less those that cannot change the stored outputs, as JSON values (a
+    :class:`BatchStore`'s identity; ``--pool`` only adds rows made from other stores)."""
     import json
 
     return json.loads(json.dumps({k: v for k, v in vars(args).items() if k not in skip}, default=str))
@@ -471,6 +485,53 @@ def evaluate(
             f"[{now()[11:19]}] {label:<24} {name:<20} PSNR {mean_std(r['psnr'])[0]:6.2f}{extra}  {r['sec']:.2f} s/img"
         )
     return res
+
+
+def pool_means(
+    res: dict, x, batch: int, label: str, own: BatchStore, pools: list[BatchStore], lpips: bool = False
+) -> dict:
+    """``res`` with each posterior-mean row ``<m>-mean<K>/<prior>`` joined by a row
+    ``<m>-mean<K (1 + P)>/<prior>``: the average of this run's stored mean of K and the means of K
+    that the P ``pools`` (finished ``--resume`` stores of the same run with other seeds) hold for
+    the same batches, i.e. the Monte-Carlo mean of K (1 + P) independent samples.
+
+    Its seconds and NFE add up over the stores. A batch missing from a store is an error: a pooled
+    row is over the same slices or not made.
+    """
+    import re
+
+    import torch
+
+    from diffinv import metrics as M
+
+    stores = [own, *pools]
+    out = {}
+    for name, r in res.items():
+        out[name] = r
+        k = re.search(r"-mean(\d+)/", name)
+        if k is None:
+            continue
+        pooled_name = name.replace(k.group(0), f"-mean{int(k.group(1)) * len(stores)}/")
+        p = {"psnr": [], "ssim": [], **({"lpips": []} if lpips else {}), "sec": 0.0, "out": []}
+        for b, lo in enumerate(range(0, x.shape[0], batch)):
+            xb = x[lo : lo + batch]
+            held = [s.get(label, name, b, xb.shape) for s in stores]
+            missing = [str(s.folder) for s, h in zip(stores, held) if h is None]
+            if missing:
+                raise SystemExit(f"error: --pool: {', '.join(missing)} lacks batch {b} of {label} {name}")
+            xc = torch.stack([h[0] for h in held]).mean(0).clamp(0, 1).to(xb.dtype)
+            p["psnr"] += M.psnr(xc, xb).tolist()
+            p["ssim"] += M.ssim(xc, xb).tolist()
+            if lpips:
+                with torch.no_grad():
+                    p["lpips"] += M.lpips(xc, xb).tolist()
+            p["sec"] += sum(h[1] for h in held) / x.shape[0]
+            p["nfe"], p["steps"] = held[0][2], held[0][3]
+            p["out"].append(xc)
+        p["out"] = torch.cat(p["out"])
+        out[pooled_name] = p
+        log(f"[{now()[11:19]}] {label:<24} {pooled_name:<20} PSNR {mean_std(p['psnr'])[0]:6.2f}  (pooled)")
+    return out
 
 
 def method_table(res: dict) -> list[str]:

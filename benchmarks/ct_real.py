@@ -36,6 +36,8 @@ Usage::
     # hours long (SCD, 4 samples): one slice per solver call, each kept in /work/keep; run the same
     # command again after a cut and it goes on from the last finished slice
     python benchmarks/ct_real.py --methods scd --samples 4 --means-only --batch 1 --resume /work/keep
+    # the same run under --seed 1 into /work/keep-s1, then a mean of 8 from the two stores (noiseless)
+    python benchmarks/ct_real.py --methods scd --samples 4 --means-only --batch 1 --resume /work/keep --pool /work/keep-s1
 
 Writes ``<out>/ct_real.md`` and ``<out>/ct_real.png`` (a few slices, noiseless, every method);
 ``--out`` defaults to ``benchmarks/results``.
@@ -68,6 +70,7 @@ from common import (  # noqa: E402
     mean_std,
     method_table,
     photons_label,
+    pool_means,
     positive_ints,
     rel_path,
     result_path,
@@ -241,6 +244,15 @@ def parse_args(argv=None):
         help="keep each finished batch in DIR and read it back when the same command runs again "
         "(a run that was cut goes on where it stopped; pair it with a small --batch)",
     )
+    ap.add_argument(
+        "--pool",
+        type=Path,
+        action="append",
+        default=None,
+        metavar="DIR",
+        help="with --resume, noiseless settings and --samples K: also report each mean row pooled with "
+        "the --resume store DIR of the same run under another --seed (a mean of 2K samples; repeatable)",
+    )
     ap.add_argument("--out", type=Path, default=None, help="output folder (default benchmarks/results)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     ap.add_argument(
@@ -277,6 +289,10 @@ def parse_args(argv=None):
         args.params.setdefault(m, {}).update(key_values(ap, items, "--param"))
     if args.means_only and args.samples < 2:
         ap.error("--means-only needs --samples >= 2")
+    if args.pool:
+        # another seed draws other noise: pooled means are over one measurement only when noiseless
+        if args.resume is None or args.samples < 2 or any(k != "none" for _, k, _ in args.settings):
+            ap.error("--pool needs --resume, --samples >= 2 and noiseless settings only")
     if min(args.n, args.threads, args.steps or 1, args.tv_iters or 1, args.samples, args.batch or 1) < 1:
         ap.error("--n, --threads, --steps, --tv-iters, --samples and --batch must be >= 1")
     torch.set_num_threads(args.threads)
@@ -300,6 +316,12 @@ def main(argv=None) -> int:
         except DiffinvError as e:
             raise SystemExit(f"error: --param {m}: {e}") from None
     store = BatchStore(args.resume, run_identity(args)) if args.resume is not None else None
+    pools = [
+        BatchStore(d, run_identity(args), "--pool", ignore=("seed",), create=False) for d in args.pool or []
+    ]
+    seeds = [args.seed] + [p.identity["seed"] for p in pools]
+    if len(set(seeds)) < len(seeds):
+        raise SystemExit(f"error: --pool: the pooled runs must have distinct seeds, got {seeds}")
     log(
         f"{len(files)} slices; settings {[label(s) for s in args.settings]}; steps {args.steps or 'library defaults'}"
     )
@@ -336,6 +358,8 @@ def main(argv=None) -> int:
         res = evaluate(
             runs, x, y, op, noise, args.seed, args.batch or len(files), False, label(setting), store
         )
+        if pools:
+            res = pool_means(res, x, args.batch or len(files), label(setting), store, pools)
         results[setting] = res
         # the figure shows the noiseless settings, or the first setting when every one is noisy
         if kind == "none" or (k_setting == 0 and all_noisy):
@@ -401,6 +425,13 @@ def report(args, command, window, names, results, total, png_name, shown, figure
             f"method per slice (each clamped to [0, 1], then averaged; the MMSE estimate the samples "
             f"approximate); its s/image counts all {args.samples} samples, its NFE one sample's\n"
             if args.samples > 1
+            else ""
+        )
+        + (
+            f"- `<method>-mean{args.samples * (1 + len(args.pool))}`: pooled (`--pool`): the average of this run's "
+            f"mean of {args.samples} (seed {args.seed}) and the means of {args.samples} of the same run under other "
+            f"seeds, read from {', '.join(f'`{rel_path(d)}`' for d in args.pool)}; its s/image adds up all of them\n"
+            if args.pool
             else ""
         )
         + f"- total wall time: {total:.0f} s\n- figure: `{png_name}` (slices {', '.join(shown)}, {figure_label})\n"

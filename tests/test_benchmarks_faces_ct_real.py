@@ -360,3 +360,64 @@ def test_ct_real_resume_reads_back_finished_batches_and_refuses_other_arguments(
     proc = run("ct_real.py", *args, "--out", str(tmp_path / "d"), "--seed", "1", ok=False)
     assert "holds a run with other arguments (seed); use a new folder" in proc.stderr
     assert not (tmp_path / "d").exists()
+
+
+def test_ct_real_pool_averages_the_stored_means_of_runs_under_other_seeds(tmp_path):
+    """--pool DIR: the pooled row ``ddnm-mean4`` is the mean of the two runs' stored means of 2
+    (seeds 0 and 1), scored against the same slices; pooling a run of the same seed, a run with
+    other arguments, a folder that is no store, or without --resume is refused with one line."""
+    import ct_real
+
+    from diffinv import metrics
+
+    base = ("--quick", "--data", str(TCIA), "--prior", CHEST_PRIOR, "--prior-wrong", "none", "--views", "8")
+    base += ("--methods", "ddnm", "--samples", "2", "--means-only", "--batch", "1")
+    keep0, keep1 = tmp_path / "keep0", tmp_path / "keep1"
+    run("ct_real.py", *base, "--resume", str(keep1), "--seed", "1", "--out", str(tmp_path / "s1"))
+    run("ct_real.py", *base, "--resume", str(keep0), "--pool", str(keep1), "--out", str(tmp_path / "p"))
+    rows = section((tmp_path / "p" / "ct_real.md").read_text(), "8 views").splitlines()
+    cells = [line.split("|") for line in rows if "±" in line]
+    psnr = {c[1].strip(): float(c[3].split("±")[0]) for c in cells}
+
+    files = ct_real.pick_files(TCIA, 2)
+    x = ct_real.load_slices(files, ct_real.parse_window(ct_real.WINDOW))
+    means = []
+    for keep in (keep0, keep1):
+        batches = sorted((keep / "8_views" / "ddnm-mean2_chest").glob("batch-*.pt"), key=lambda p: p.name)
+        means.append(torch.cat([torch.load(p, weights_only=True)["x"] for p in batches]))
+    assert (means[0] - means[1]).abs().max() > 1e-3  # two seeds: two different draws
+    expect = [metrics.psnr(m.clamp(0, 1), x).mean().item() for m in (means[0], (means[0] + means[1]) / 2)]
+    assert psnr["ddnm-mean2/chest"] == pytest.approx(expect[0], abs=0.006)
+    assert psnr["ddnm-mean4/chest"] == pytest.approx(expect[1], abs=0.006)
+
+    other = tmp_path / "other"
+    run(
+        "ct_real.py",
+        *base,
+        "--resume",
+        str(other),
+        "--seed",
+        "2",
+        "--steps",
+        "1",
+        "--out",
+        str(tmp_path / "o"),
+    )
+    for extra, message in (
+        (
+            ("--resume", str(keep0), "--pool", str(keep0)),
+            "the pooled runs must have distinct seeds, got [0, 0]",
+        ),
+        (("--resume", str(keep0), "--pool", str(other)), "holds a run with other arguments (steps)"),
+        (("--resume", str(keep0), "--pool", str(tmp_path / "s1")), "holds no run.json"),
+        (
+            (
+                "--pool",
+                str(keep1),
+            ),
+            "--pool needs --resume",
+        ),
+    ):
+        proc = run("ct_real.py", *base, *extra, "--out", str(tmp_path / "bad"), ok=False)
+        assert message in proc.stderr.strip().splitlines()[-1]
+        assert not (tmp_path / "bad").exists()
