@@ -5,8 +5,10 @@ chest slice) and shipped priors; the numbers themselves are not checked."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -362,7 +364,7 @@ def test_ct_real_resume_reads_back_finished_batches_and_refuses_other_arguments(
     assert not (tmp_path / "d").exists()
 
 
-def test_ct_real_pool_averages_the_stored_means_of_runs_under_other_seeds(tmp_path):
+def test_ct_real_pool_averages_the_stored_means_of_runs_under_other_seeds(tmp_path, capsys):
     """--pool DIR: the pooled row ``ddnm-mean4`` is the mean of the two runs' stored means of 2
     (seeds 0 and 1), scored against the same slices; pooling a run of the same seed, a run with
     other arguments, a folder that is no store, or without --resume is refused with one line."""
@@ -390,34 +392,28 @@ def test_ct_real_pool_averages_the_stored_means_of_runs_under_other_seeds(tmp_pa
     assert psnr["ddnm-mean2/chest"] == pytest.approx(expect[0], abs=0.006)
     assert psnr["ddnm-mean4/chest"] == pytest.approx(expect[1], abs=0.006)
 
+    # refusals, in-process (each ends before any solver runs): a store of other arguments is keep1
+    # with its recorded steps changed
     other = tmp_path / "other"
-    run(
-        "ct_real.py",
-        *base,
-        "--resume",
-        str(other),
-        "--seed",
-        "2",
-        "--steps",
-        "1",
-        "--out",
-        str(tmp_path / "o"),
-    )
-    for extra, message in (
-        (
-            ("--resume", str(keep0), "--pool", str(keep0)),
-            "the pooled runs must have distinct seeds, got [0, 0]",
-        ),
-        (("--resume", str(keep0), "--pool", str(other)), "holds a run with other arguments (steps)"),
-        (("--resume", str(keep0), "--pool", str(tmp_path / "s1")), "holds no run.json"),
-        (
+    shutil.copytree(keep1, other)
+    record = json.loads((other / "run.json").read_text())
+    record["identity"]["steps"] = 1
+    (other / "run.json").write_text(json.dumps(record))
+    threads = torch.get_num_threads()  # ct_real sets its own thread count
+    try:
+        for extra, message in (
             (
-                "--pool",
-                str(keep1),
+                ("--resume", str(keep0), "--pool", str(keep0)),
+                "the pooled runs must have distinct seeds, got [0, 0]",
             ),
-            "--pool needs --resume",
-        ),
-    ):
-        proc = run("ct_real.py", *base, *extra, "--out", str(tmp_path / "bad"), ok=False)
-        assert message in proc.stderr.strip().splitlines()[-1]
-        assert not (tmp_path / "bad").exists()
+            (("--resume", str(keep0), "--pool", str(other)), "holds a run with other arguments (steps)"),
+            (("--resume", str(keep0), "--pool", str(tmp_path / "s1")), "holds no run.json"),
+            (("--pool", str(keep1)), "--pool needs --resume"),
+        ):
+            with pytest.raises(SystemExit) as stop:
+                ct_real.main([*base, *extra, "--out", str(tmp_path / "bad")])
+            said = str(stop.value.code) if stop.value.code != 2 else capsys.readouterr().err
+            assert message in said.strip().splitlines()[-1]
+            assert not (tmp_path / "bad").exists()
+    finally:
+        torch.set_num_threads(threads)
