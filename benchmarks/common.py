@@ -495,8 +495,8 @@ def pool_means(
     that the P ``pools`` (finished ``--resume`` stores of the same run with other seeds) hold for
     the same batches, i.e. the Monte-Carlo mean of K (1 + P) independent samples.
 
-    Its seconds add up over the stores (NFE stays one sample's). A batch missing from a store is an error: a pooled
-    row is over the same slices or not made.
+    Its seconds add up over the stores (NFE stays one sample's). A batch missing from a store is an
+    error: a pooled row is over the same slices or not made.
     """
     import re
 
