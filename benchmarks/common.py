@@ -434,6 +434,27 @@ def run_identity(args, skip=("out", "resume", "pool", "threads")) -> dict:
     return json.loads(json.dumps({k: v for k, v in vars(args).items() if k not in skip}, default=str))
 
 
+def empty_row(lpips: bool) -> dict:
+    """A row of :func:`evaluate` before its first batch."""
+    return {"psnr": [], "ssim": [], **({"lpips": []} if lpips else {}), "sec": 0.0, "out": []}
+
+
+def score_batch(r: dict, x_hat, xb, lpips: bool) -> None:
+    """Append one batch's scores to a row ``r`` of :func:`evaluate`: PSNR, SSIM (, LPIPS) of
+    ``x_hat`` clamped to [0, 1] against ``xb``, and the clamped output."""
+    import torch
+
+    from diffinv import metrics as M
+
+    xc = x_hat.clamp(0, 1).to(xb.dtype)
+    r["psnr"] += M.psnr(xc, xb).tolist()
+    r["ssim"] += M.ssim(xc, xb).tolist()
+    if lpips:
+        with torch.no_grad():
+            r["lpips"] += M.lpips(xc, xb).tolist()
+    r["out"].append(xc)
+
+
 def evaluate(
     runs: dict,
     x,
@@ -452,11 +473,9 @@ def evaluate(
     are read back instead of run, and each batch run is stored as it ends."""
     import torch
 
-    from diffinv import metrics as M
-
     res = {}
     for name, run in runs.items():
-        r = {"psnr": [], "ssim": [], **({"lpips": []} if lpips else {}), "sec": 0.0, "out": []}
+        r = empty_row(lpips)
         resumed = 0
         for b, lo in enumerate(range(0, x.shape[0], batch)):
             xb = x[lo : lo + batch]
@@ -469,14 +488,8 @@ def evaluate(
             else:
                 x_hat, sec, r["nfe"], r["steps"] = held
                 resumed += 1
-            xc = x_hat.clamp(0, 1).to(xb.dtype)
-            r["psnr"] += M.psnr(xc, xb).tolist()
-            r["ssim"] += M.ssim(xc, xb).tolist()
-            if lpips:
-                with torch.no_grad():
-                    r["lpips"] += M.lpips(xc, xb).tolist()
+            score_batch(r, x_hat, xb, lpips)
             r["sec"] += sec / x.shape[0]
-            r["out"].append(xc)
         r["out"] = torch.cat(r["out"])
         res[name] = r
         extra = f"  LPIPS {mean_std(r['lpips'])[0]:.3f}" if lpips else ""
@@ -502,8 +515,6 @@ def pool_means(
 
     import torch
 
-    from diffinv import metrics as M
-
     stores = [own, *pools]
     out = {}
     for name, r in res.items():
@@ -512,22 +523,16 @@ def pool_means(
         if k is None:
             continue
         pooled_name = name.replace(k.group(0), f"-mean{int(k.group(1)) * len(stores)}/")
-        p = {"psnr": [], "ssim": [], **({"lpips": []} if lpips else {}), "sec": 0.0, "out": []}
+        p = empty_row(lpips)
         for b, lo in enumerate(range(0, x.shape[0], batch)):
             xb = x[lo : lo + batch]
             held = [s.get(label, name, b, xb.shape) for s in stores]
             missing = [str(s.folder) for s, h in zip(stores, held) if h is None]
             if missing:
                 raise SystemExit(f"error: --pool: {', '.join(missing)} lacks batch {b} of {label} {name}")
-            xc = torch.stack([h[0] for h in held]).mean(0).clamp(0, 1).to(xb.dtype)
-            p["psnr"] += M.psnr(xc, xb).tolist()
-            p["ssim"] += M.ssim(xc, xb).tolist()
-            if lpips:
-                with torch.no_grad():
-                    p["lpips"] += M.lpips(xc, xb).tolist()
+            score_batch(p, torch.stack([h[0] for h in held]).mean(0), xb, lpips)
             p["sec"] += sum(h[1] for h in held) / x.shape[0]
             p["nfe"], p["steps"] = held[0][2], held[0][3]
-            p["out"].append(xc)
         p["out"] = torch.cat(p["out"])
         out[pooled_name] = p
         log(f"[{now()[11:19]}] {label:<24} {pooled_name:<20} PSNR {mean_std(p['psnr'])[0]:6.2f}  (pooled)")

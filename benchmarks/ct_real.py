@@ -315,10 +315,9 @@ def main(argv=None) -> int:
             solvers.get("ddnm+" if m == "ddnm" else m, prior["chest"], **params)
         except DiffinvError as e:
             raise SystemExit(f"error: --param {m}: {e}") from None
-    store = BatchStore(args.resume, run_identity(args)) if args.resume is not None else None
-    pools = [
-        BatchStore(d, run_identity(args), "--pool", ignore=("seed",), create=False) for d in args.pool or []
-    ]
+    identity = run_identity(args)
+    store = BatchStore(args.resume, identity) if args.resume is not None else None
+    pools = [BatchStore(d, identity, "--pool", ignore=("seed",), create=False) for d in args.pool or []]
     seeds = [args.seed] + [p.identity["seed"] for p in pools]
     if len(set(seeds)) < len(seeds):
         raise SystemExit(f"error: --pool: the pooled runs must have distinct seeds, got {seeds}")
