@@ -316,11 +316,12 @@ def main(argv=None) -> int:
         except DiffinvError as e:
             raise SystemExit(f"error: --param {m}: {e}") from None
     identity = run_identity(args)
-    store = BatchStore(args.resume, identity) if args.resume is not None else None
+    # the pools are checked before the own store is opened: a refused --pool leaves no new run.json
     pools = [BatchStore(d, identity, "--pool", ignore=("seed",), create=False) for d in args.pool or []]
     seeds = [args.seed] + [p.identity["seed"] for p in pools]
     if len(set(seeds)) < len(seeds):
         raise SystemExit(f"error: --pool: the pooled runs must have distinct seeds, got {seeds}")
+    store = BatchStore(args.resume, identity) if args.resume is not None else None
     log(
         f"{len(files)} slices; settings {[label(s) for s in args.settings]}; steps {args.steps or 'library defaults'}"
     )

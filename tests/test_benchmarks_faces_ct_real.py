@@ -409,11 +409,13 @@ def test_ct_real_pool_averages_the_stored_means_of_runs_under_other_seeds(tmp_pa
             (("--resume", str(keep0), "--pool", str(other)), "holds a run with other arguments (steps)"),
             (("--resume", str(keep0), "--pool", str(tmp_path / "s1")), "holds no run.json"),
             (("--pool", str(keep1)), "--pool needs --resume"),
+            (("--resume", str(tmp_path / "new"), "--pool", str(other)), "holds a run with other arguments"),
         ):
             with pytest.raises(SystemExit) as stop:
                 ct_real.main([*base, *extra, "--out", str(tmp_path / "bad")])
             said = str(stop.value.code) if stop.value.code != 2 else capsys.readouterr().err
             assert message in said.strip().splitlines()[-1]
             assert not (tmp_path / "bad").exists()
+            assert not (tmp_path / "new").exists()  # a refused --pool opens no new --resume store
     finally:
         torch.set_num_threads(threads)
