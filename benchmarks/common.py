@@ -426,9 +426,9 @@ class BatchStore:
         write_bytes(self._path(label, name, b), buf.getvalue())
 
 
-def run_identity(args, skip=("out", "resume", "pool", "threads")) -> dict:
+def run_identity(args, skip=("out", "resume", "pool", "project", "threads")) -> dict:
     """The parsed arguments, less those that cannot change the stored outputs, as JSON values (a
-    :class:`BatchStore`'s identity; ``--pool`` only adds rows made from other stores)."""
+    :class:`BatchStore`'s identity; ``--pool`` and ``--project`` only add rows made from stored ones)."""
     import json
 
     return json.loads(json.dumps({k: v for k, v in vars(args).items() if k not in skip}, default=str))
@@ -536,6 +536,32 @@ def pool_means(
         p["out"] = torch.cat(p["out"])
         out[pooled_name] = p
         log(f"[{now()[11:19]}] {label:<24} {pooled_name:<20} PSNR {mean_std(p['psnr'])[0]:6.2f}  (pooled)")
+    return out
+
+
+def projected_rows(res: dict, x, y, op, iters: int, label: str = "", lpips: bool = False) -> dict:
+    """``res`` with each row ``<m>[/<prior>]`` followed by ``<m>+proj[/<prior>]``: its clamped
+    outputs after ``iters`` rounds of :func:`diffinv.operators.project_feasible` onto
+    ``{A x = y} ∩ [0, 1]^n`` (noiseless ``y`` only: that set then holds the true image), scored as
+    the other rows; its seconds add the projection's to the row's."""
+    import time
+
+    import torch
+
+    from diffinv.operators import project_feasible
+
+    out = {}
+    for name, r in res.items():
+        out[name] = r
+        method, slash, prior = name.partition("/")
+        p = empty_row(lpips)
+        start = time.perf_counter()
+        x_proj = project_feasible(op, r["out"], y.to(r["out"].dtype), iters=iters)
+        p["sec"] = r["sec"] + (time.perf_counter() - start) / x.shape[0]
+        score_batch(p, x_proj, x, lpips)
+        p["out"], p["nfe"], p["steps"] = torch.cat(p["out"]), r["nfe"], r["steps"]
+        out[f"{method}+proj{slash}{prior}"] = p
+        log(f"[{now()[11:19]}] {label:<24} {method + '+proj':<20} PSNR {mean_std(p['psnr'])[0]:6.2f}")
     return out
 
 

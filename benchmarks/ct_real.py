@@ -72,6 +72,7 @@ from common import (  # noqa: E402
     photons_label,
     pool_means,
     positive_ints,
+    projected_rows,
     rel_path,
     result_path,
     run_identity,
@@ -253,6 +254,14 @@ def parse_args(argv=None):
         help="with --resume, noiseless settings and --samples K: also report each mean row pooled with "
         "the --resume store DIR of the same run under another --seed (a mean of 2K samples; repeatable)",
     )
+    ap.add_argument(
+        "--project",
+        type=int,
+        default=0,
+        metavar="N",
+        help="noiseless settings only: also report every row after N rounds of projection onto "
+        "{A x = y} and [0, 1] (diffinv.operators.project_feasible; rows <method>+proj)",
+    )
     ap.add_argument("--out", type=Path, default=None, help="output folder (default benchmarks/results)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     ap.add_argument(
@@ -293,6 +302,9 @@ def parse_args(argv=None):
         # another seed draws other noise: pooled means are over one measurement only when noiseless
         if args.resume is None or args.samples < 2 or any(k != "none" for _, k, _ in args.settings):
             ap.error("--pool needs --resume, --samples >= 2 and noiseless settings only")
+    if args.project and (args.project < 0 or any(k != "none" for _, k, _ in args.settings)):
+        # with noise, {A x = y} does not hold the true image: projecting onto it fits the noise
+        ap.error("--project needs N >= 1 and noiseless settings only")
     if min(args.n, args.threads, args.steps or 1, args.tv_iters or 1, args.samples, args.batch or 1) < 1:
         ap.error("--n, --threads, --steps, --tv-iters, --samples and --batch must be >= 1")
     torch.set_num_threads(args.threads)
@@ -360,6 +372,8 @@ def main(argv=None) -> int:
         )
         if pools:
             res = pool_means(res, x, args.batch or len(files), label(setting), store, pools)
+        if args.project:
+            res = projected_rows(res, x, y, op, args.project, label(setting))
         results[setting] = res
         # the figure shows the noiseless settings, or the first setting when every one is noisy
         if kind == "none" or (k_setting == 0 and all_noisy):
@@ -378,9 +392,14 @@ def main(argv=None) -> int:
     return 0
 
 
-def best(res: dict, tag: str) -> tuple[str, float]:
-    """(method, mean PSNR) of the best diffusion method with prior ``tag``."""
-    scores = {m: mean_std(r["psnr"])[0] for m, r in res.items() if m.endswith(f"/{tag}")}
+def best(res: dict, tag: str, projected: bool | None = None) -> tuple[str, float]:
+    """(method, mean PSNR) of the best diffusion method with prior ``tag`` (of the ``+proj`` rows
+    only if ``projected``, of the others only if False)."""
+    scores = {
+        m: mean_std(r["psnr"])[0]
+        for m, r in res.items()
+        if m.endswith(f"/{tag}") and projected in (None, "+proj/" in m)
+    }
     m = max(scores, key=scores.get)
     return m, scores[m]
 
@@ -432,6 +451,14 @@ def report(args, command, window, names, results, total, png_name, shown, figure
             f"mean of {args.samples} (seed {args.seed}) and the means of {args.samples} of the same run under other "
             f"seeds, read from {', '.join(f'`{rel_path(d)}`' for d in args.pool)}; its s/image adds up all of them\n"
             if args.pool
+            else ""
+        )
+        + (
+            f"- `<row>+proj`: the row's clamped outputs after {args.project} rounds of projection onto the images "
+            "the noiseless sinogram allows, {A x = y} and [0, 1] (`diffinv.operators.project_feasible`: alternating "
+            "projections; every round is at least as close as the row to the true slice and to the exact "
+            "posterior mean, both in that set); its s/image adds the projection's\n"
+            if args.project
             else ""
         )
         + f"- total wall time: {total:.0f} s\n- figure: `{png_name}` (slices {', '.join(shown)}, {figure_label})\n"
@@ -514,6 +541,12 @@ def targets(args, results) -> list[str]:
                     continue
                 vr = mean_std(res[ref]["psnr"])[0]
                 lines.append(target_line(f"{info}{label(setting)}", m, b, ref, vr, need))
+            if args.project and kind == "none":  # the same comparisons without, and with both projected
+                m0, b0 = best(res, "chest", projected=False)
+                for ref, need in (("fista-tv", TARGET_TV_DB), ("fbp", TARGET_FBP_DB)):
+                    for a, va, r in ((m0, b0, ref), (m, b, f"{ref}+proj")):
+                        vr = mean_std(res[r]["psnr"])[0]
+                        lines.append(target_line(f"(for information) {label(setting)}", a, va, r, vr, need))
         if "ellipses" not in args.priors:
             continue
         lines.append(

@@ -392,6 +392,36 @@ def test_ct_real_pool_averages_the_stored_means_of_runs_under_other_seeds(tmp_pa
     assert psnr["ddnm-mean2/chest"] == pytest.approx(expect[0], abs=0.006)
     assert psnr["ddnm-mean4/chest"] == pytest.approx(expect[1], abs=0.006)
 
+    # --project N adds a row <row>+proj beside every row, read from the same stores (not part of the
+    # run's identity): the pooled mean projected onto {A x = y} and [0, 1], recomputed here, and no
+    # row loses PSNR by it (every round comes closer to the true slice, which is in that set)
+    from diffinv.operators import from_spec, project_feasible
+
+    run(
+        "ct_real.py",
+        *base,
+        "--resume",
+        str(keep0),
+        "--pool",
+        str(keep1),
+        "--project",
+        "20",
+        "--out",
+        str(tmp_path / "j"),
+    )
+    rows = section((tmp_path / "j" / "ct_real.md").read_text(), "8 views").splitlines()
+    projected = {
+        c[1].strip(): float(c[3].split("±")[0]) for c in (line.split("|") for line in rows if "±" in line)
+    }
+    for name in ("fbp", "fista-tv", "ddnm-mean2/chest", "ddnm-mean4/chest"):
+        method, slash, prior = name.partition("/")
+        assert projected[name] == pytest.approx(psnr[name], abs=0.006)
+        assert projected[f"{method}+proj{slash}{prior}"] >= projected[name] - 0.006, name
+    op = from_spec("ct8", (1, 64, 64))
+    pooled = ((means[0].clamp(0, 1) + means[1].clamp(0, 1)) / 2).double()
+    expect = metrics.psnr(project_feasible(op, pooled, op.A(x.double()), iters=20).float(), x).mean().item()
+    assert projected["ddnm-mean4+proj/chest"] == pytest.approx(expect, abs=0.006)
+
     # refusals, in-process (each ends before any solver runs): a store of other arguments is keep1
     # with its recorded steps changed
     other = tmp_path / "other"
@@ -409,6 +439,10 @@ def test_ct_real_pool_averages_the_stored_means_of_runs_under_other_seeds(tmp_pa
             (("--resume", str(keep0), "--pool", str(other)), "holds a run with other arguments (steps)"),
             (("--resume", str(keep0), "--pool", str(tmp_path / "s1")), "holds no run.json"),
             (("--pool", str(keep1)), "--pool needs --resume"),
+            (
+                ("--project", "5", "--settings", "ct8@g0.01"),
+                "--project needs N >= 1 and noiseless settings only",
+            ),
             (("--resume", str(tmp_path / "new"), "--pool", str(other)), "holds a run with other arguments"),
         ):
             with pytest.raises(SystemExit) as stop:
