@@ -39,6 +39,8 @@ _HELP = {
     "(needed for DICOM and --hu-offset inputs; adds a .npy output in HU)",
     "samples": "K posterior samples per input, batched: writes their mean, a std heatmap (+ .npy) and, "
     "with a ground truth, an uncertainty figure [1]",
+    "project": "noiseless only: N rounds of projection onto the images y allows, {A x = y} and [0, 1], "
+    "after the solve (never farther from the true image) [off]",
 }
 
 
@@ -118,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     tile_help = "images larger than the prior: up to N windows per network batch [8]"
     rs.add_argument("--tile-batch", type=int, metavar="N", help=tile_help)
     rs.add_argument("--samples", type=int, default=1, metavar="K", help=_HELP["samples"])
+    rs.add_argument("--project", type=int, default=None, metavar="N", help=_HELP["project"])
     rs.add_argument(
         "--save-samples", action="store_true", help="with --samples K > 1: keep each sample's PNG"
     )
@@ -202,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="K posterior samples per image (diffusion methods): score their mean, plus one-sample "
         "scores and the 90%% interval's coverage [1]",
     )
+    ev.add_argument("--project", type=int, default=None, metavar="N", help=_HELP["project"])
     ev.add_argument(
         "--threads",
         type=int,

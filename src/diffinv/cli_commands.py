@@ -150,7 +150,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             args.methods,
             args.out,
             **_from_args(args, "n", "crop", "sigma_y", "steps", "model", "seed", "device", "overwrite"),
-            **_from_args(args, "quiet", "window", "hu_offset", "resize", "samples"),
+            **_from_args(args, "quiet", "window", "hu_offset", "resize", "samples", "project"),
         )
     if not args.quiet and int(os.environ.get("RANK", "0")) == 0:
         print((Path(args.out) / "results.md").read_text(encoding="utf-8"), end="")
@@ -177,7 +177,7 @@ def _cmd_restore(args: argparse.Namespace) -> int:
             warn=_warn_restore,
             slice_index=args.slice,
             **_from_args(args, "model", "measured", "device", "window", "hu_offset", "resize", "tile_batch"),
-            **_from_args(args, "samples", "save_samples", "noise", "photons", "measured_kind"),
+            **_from_args(args, "samples", "save_samples", "noise", "photons", "measured_kind", "project"),
             **shared,
         )
     return 0

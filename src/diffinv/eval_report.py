@@ -92,7 +92,12 @@ def results_markdown(summary: dict[str, dict], config: dict) -> str:
         f"{config['n']} images from {src}, {config['crop']}x{config['crop']} crops, "
         f"sigma_y = {config['sigma_y']:g}, model {Path(config['model']).name if config['model'] else '(none)'}, "
         f"steps {config['steps'] if config['steps'] is not None else 'default'}, seed {config['seed']}. "
-        "Mean ± std over images; LPIPS v0.1 (AlexNet), lower is closer, n/a below 31x31; "
+        + (
+            f"Every restoration projected onto {{A x = y}} ∩ [0, 1] ({config['project']} rounds). "
+            if config.get("project")
+            else ""
+        )
+        + "Mean ± std over images; LPIPS v0.1 (AlexNet), lower is closer, n/a below 31x31; "
         "consistency = ||A x - y|| / ||y||.",
         "",
         "| method | PSNR (dB) | SSIM | LPIPS | consistency | seconds/image | NFE |",

@@ -274,6 +274,7 @@ def _run_items(
     quiet: bool,
     item_callback: Callable[[dict], None] | None,
     samples: int = 1,
+    project: int | None = None,
 ) -> int:
     """Restore this rank's share of the images with every method; returns how many were computed."""
     from tqdm.auto import tqdm
@@ -296,11 +297,24 @@ def _run_items(
                     from . import posterior
 
                     r = posterior.degrade_and_sample(
-                        x, task, solver, plan.prior, sigma_y, item_seed(seed, item.index), n=samples
+                        x,
+                        task,
+                        solver,
+                        plan.prior,
+                        sigma_y,
+                        item_seed(seed, item.index),
+                        n=samples,
+                        project=project,
                     )
                 else:
                     r = pipeline.degrade_and_restore(
-                        x, task, solver, plan.prior, sigma_y=sigma_y, seed=item_seed(seed, item.index)
+                        x,
+                        task,
+                        solver,
+                        plan.prior,
+                        sigma_y=sigma_y,
+                        seed=item_seed(seed, item.index),
+                        project=project,
                     )
                 gt_png = _image_path(out, GROUND_TRUTH_DIR, item.name)
                 meas_png = _image_path(out, MEASUREMENT_DIR, item.name)
@@ -323,6 +337,7 @@ def _run_items(
                     "seconds": float(r.seconds),
                     "nfe": int(r.nfe),
                     "solver_params": _jsonable(r.params),  # the values used (incl. the task's defaults)
+                    **({"project": project} if project else {}),
                 }
                 if samples > 1:
                     one = r.sample_metrics if sampled else r.metrics
@@ -404,6 +419,7 @@ def evaluate(
     hu_offset: float | None = None,
     resize: bool = False,
     samples: int = 1,
+    project: int | None = None,
 ) -> dict[str, dict]:
     """Evaluate ``methods`` on ``task`` over a data set; write the outputs listed in the module
     docstring under ``out`` and return the per-method summary (see :func:`summarize`).
@@ -427,6 +443,9 @@ def evaluate(
     window, hu_offset, resize: CT slices in HU (DICOM, or 16-bit PNGs storing HU + ``hu_offset``)
         go through the display ``window`` (preset or ``"C,W"``) to [0, 1]; ``resize`` scales each
         whole slice to the crop size instead of cropping it.
+    project: noiseless only (``sigma_y`` 0): every method's restoration (each sample) after N rounds
+        of projection onto the images y allows, ``{A x = y} ∩ [0, 1]``
+        (:func:`diffinv.operators.project_feasible`; never farther from the ground truth).
 
     Bad input raises a one-line ``ValueError`` before anything is written.
     """
@@ -436,6 +455,7 @@ def evaluate(
     from .posterior import check_samples
 
     samples = check_samples(samples, "samples")
+    project = pipeline.check_projection(project, sigma_y)
     slices = {"window": window, "hu_offset": hu_offset, "resize": bool(resize)}
     slices = slices if window or hu_offset is not None or resize else None
     rank, world, local_rank, owns_group = _init_distributed()
@@ -466,7 +486,9 @@ def evaluate(
             "hu_offset": hu_offset,
             "resize": bool(resize),
             "samples": samples,
+            **({"project": project} if project else {}),
         }
+        plan.config.update({"project": project} if project else {})  # a rerun must project the same way
         _together(world, lambda: _claim_out(out_dir, plan.config, cli_args, overwrite) if rank == 0 else None)
         _together(
             world,
@@ -482,6 +504,7 @@ def evaluate(
                 quiet,
                 item_callback,
                 samples,
+                project,
             ),
         )
         summary = _together(world, lambda: _merge(out_dir, plan, figure_rows) if rank == 0 else None)

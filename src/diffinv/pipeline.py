@@ -14,6 +14,7 @@ Example
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -163,6 +164,8 @@ def degrade_and_restore(x: torch.Tensor, task, method, prior, sigma_y=0.0, seed=
     in ``kwargs``; ``progress``, ``callback``, ``tile_overlap``, ``tile_batch`` go to :func:`solve`.
     ``noise=PoissonNoise(...)`` (:mod:`diffinv.operators.noise`, CT) simulates a photon-count scan
     instead of adding ``sigma_y`` (then ignored), drawn from the same seeded generator.
+    ``project=N`` (noiseless only): the restoration after N rounds of projection onto the images
+    the measurement allows, ``{A x = y} ∩ [0, 1]`` (:func:`diffinv.operators.project_feasible`).
     """
     noise = kwargs.pop("noise", None)
     if noise is None:
@@ -184,13 +187,50 @@ def restore_measured(y: torch.Tensor, op, method, prior, sigma_y=0.0, seed=0, **
 _SOLVE_OPTIONS = ("progress", "callback", "tile_overlap", "tile_batch")
 
 
+def check_projection(project, sigma_y: float = 0.0, noisy: bool = False) -> int | None:
+    """``project`` (rounds of :func:`diffinv.operators.project_feasible` after the solve; None or 0:
+    none) as an int or None; DiffinvError unless a positive integer on a noiseless measurement
+    (``sigma_y`` 0 and not ``noisy``, e.g. Poisson counts): with noise the set ``{A x = y}`` does
+    not hold the true image, and projecting onto it would fit the noise."""
+    if project is None or (not isinstance(project, bool) and project == 0):
+        return None
+    number = isinstance(project, int | float) and not isinstance(project, bool) and math.isfinite(project)
+    if not number or int(project) != project or project < 1:
+        raise DiffinvError(f"project must be a positive integer (rounds), got {project!r}")
+    if noisy or float(sigma_y) != 0.0:
+        raise DiffinvError(
+            "project needs a noiseless measurement (sigma_y 0, no photon noise): with noise "
+            "{A x = y} does not hold the true image"
+        )
+    return int(project)
+
+
+def project_measured(x: torch.Tensor, y: torch.Tensor, op: LinearOperator, project: int | None):
+    """``(x, seconds)``: ``x`` after ``project`` rounds of :func:`diffinv.operators.project_feasible`
+    onto ``{A x = y} ∩ [0, 1]`` (unchanged, 0 s, if None) and the time they took."""
+    if not project:
+        return x, 0.0
+    import time
+
+    from .operators import project_feasible
+
+    start = time.perf_counter()
+    x = project_feasible(op, x, y.to(x.dtype), iters=project)
+    return x, time.perf_counter() - start
+
+
 def _restore(y, op, x_true, method, prior, sigma_y, seed, kwargs, variance=None) -> Restoration:
-    """Solve and score; with a per-bin ``variance`` of y, by :func:`solve_with_variance`."""
+    """Solve and score; with a per-bin ``variance`` of y, by :func:`solve_with_variance`; with
+    ``project=N`` in ``kwargs``, the result projected onto the images y allows (:func:`project_measured`)."""
     options = {k: kwargs.pop(k) for k in _SOLVE_OPTIONS if k in kwargs}
+    project = check_projection(kwargs.pop("project", None), sigma_y, variance is not None)
     solver = as_solver(method, prior, kwargs.pop("steps", None), **kwargs)
     if variance is None:
         r = solve(y, op, solver, sigma_y, seed, **options)
     else:
         r = solve_with_variance(y, op, solver, variance, seed, **options)
+    if project:
+        x, seconds = project_measured(r.x, y, op, project)
+        r = dataclasses.replace(r, x=x, seconds=r.seconds + seconds)
     metrics = score(r.x, x_true, op, y)
     return Restoration(r.x, y, op, r.nfe, r.seconds, x_true, metrics, r.params, r.windows)

@@ -339,8 +339,19 @@ def sample_measured(y: torch.Tensor, op, method, prior, sigma_y=0.0, seed=0, n=1
 
 
 def _sampled(y, op, x_true, method, prior, sigma_y, seed, n, kwargs) -> SampledRestoration:
-    """``n`` samples of ``y``, scored against ``x_true`` (None: consistency only)."""
+    """``n`` samples of ``y``, scored against ``x_true`` (None: consistency only); with
+    ``project=N`` in ``kwargs`` (noiseless only) each sample is projected onto the images y allows
+    (:func:`diffinv.pipeline.project_measured`; a sample of the exact posterior lies in that set),
+    then summarised."""
+    from .pipeline import check_projection, project_measured
+
+    project = check_projection(kwargs.pop("project", None), sigma_y)
     post, solver = restore_samples(y, op, method, prior, sigma_y, seed, n=n, **kwargs)
+    if project:
+        K, B = post.samples.shape[:2]
+        flat = post.samples.flatten(0, 1)  # row k * B + b is sample k of image b
+        x, seconds = project_measured(flat, y.repeat(K, *[1] * (y.dim() - 1)), op, project)
+        post = summarize(x.unflatten(0, (K, B)), tuple(post.quantiles), post.nfe, post.seconds + seconds)
     metrics, sample_metrics = _score_samples(post, x_true, op, y)
     return SampledRestoration(
         post.mean,

@@ -259,6 +259,7 @@ def restore_files(
     noise: str = "gaussian",
     photons: float = 1e4,
     measured_kind: str = "line-integrals",
+    project: int | None = None,
 ) -> list[dict]:
     """Restore image files with one method; write the results under ``out``; return the records.
 
@@ -314,6 +315,10 @@ def restore_files(
         resize: resize every input to the prior's size (``True``) or to ``resize`` x ``resize``
             pixels before restoring (antialiased bilinear); the record says so. Without it a CT
             slice of another size than the prior's is refused.
+        project: noiseless measurements only (``sigma_y`` 0, no photon noise): N rounds of
+            projection onto the images y allows, ``{A x = y} ∩ [0, 1]``, after the solve (each
+            sample with ``samples``; :func:`diffinv.operators.project_feasible`: never farther
+            from the true image); the record says so.
 
     Returns:
         One dict per input, as written to ``OUT/<stem>_<task>_<method>.json``: input, output,
@@ -336,6 +341,8 @@ def restore_files(
     photon_noise = check_noise(task, noise, photons, measured, measured_kind, samples)  # or None
     from . import pipeline, priors, solvers
     from .config import write_config, write_json_atomic
+
+    project = pipeline.check_projection(project, sigma_y, photon_noise is not None)
     from .data.io import load_image, save_image, save_npy_atomic
 
     if warn is None:
@@ -427,6 +434,8 @@ def restore_files(
                 common["tile_batch"] = tile_batch
             if callback is not None:
                 common["callback"] = callback
+            if project:
+                common["project"] = project
             if samples > 1:  # K posterior samples, batched; the outputs are their mean
                 from . import posterior
 
@@ -449,6 +458,8 @@ def restore_files(
             record = _record(job, s, r.params, r, png)  # the values used (incl. the task's defaults)
             if photon_noise is not None:
                 record.update(noise=noise, photons=photons, measured_kind=measured_kind)
+            if project:
+                record["project"] = project
             if samples > 1:
                 record.update(_write_samples(r, job, out, name, save_samples, written))
             info = infos[len(records)]
@@ -487,6 +498,7 @@ def restore_files(
             "tile_batch": tile_batch,
             "samples": samples,
             "save_samples": save_samples,
+            **({"project": project} if project else {}),
             **({"noise": noise, "photons": photons, "measured_kind": measured_kind} if photon_noise else {}),
             **(extra_config or {}),
         }
