@@ -426,9 +426,12 @@ class BatchStore:
         write_bytes(self._path(label, name, b), buf.getvalue())
 
 
-def run_identity(args, skip=("out", "resume", "pool", "project", "threads")) -> dict:
+def run_identity(
+    args, skip=("out", "resume", "pool", "project", "threads", "tv_variant", "tv_variants")
+) -> dict:
     """The parsed arguments, less those that cannot change the stored outputs, as JSON values (a
-    :class:`BatchStore`'s identity; ``--pool`` and ``--project`` only add rows made from stored ones)."""
+    :class:`BatchStore`'s identity; ``--pool`` and ``--project`` only add rows made from stored ones,
+    and a ``--tv-variant`` row is stored under a name that spells its parameters)."""
     import json
 
     return json.loads(json.dumps({k: v for k, v in vars(args).items() if k not in skip}, default=str))

@@ -255,6 +255,14 @@ def parse_args(argv=None):
         "the --resume store DIR of the same run under another --seed (a mean of 2K samples; repeatable)",
     )
     ap.add_argument(
+        "--tv-variant",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE,...",
+        help="also a row 'fista-tv KEY=VALUE,...' with these FISTA-TV hyperparameters (repeatable; e.g. "
+        "lam=0.0002,iters=10000, tuned with ct_tune.py --method fista-tv)",
+    )
+    ap.add_argument(
         "--project",
         type=int,
         default=0,
@@ -296,6 +304,7 @@ def parse_args(argv=None):
         if not sep or m not in args.methods:
             ap.error(f"--param needs METHOD:KEY=VALUE with METHOD one of --methods, got {text!r}")
         args.params.setdefault(m, {}).update(key_values(ap, items, "--param"))
+    args.tv_variants = {f"fista-tv {t.strip()}": key_values(ap, t, "--tv-variant") for t in args.tv_variant}
     if args.means_only and args.samples < 2:
         ap.error("--means-only needs --samples >= 2")
     if args.pool:
@@ -327,6 +336,11 @@ def main(argv=None) -> int:
             solvers.get("ddnm+" if m == "ddnm" else m, prior["chest"], **params)
         except DiffinvError as e:
             raise SystemExit(f"error: --param {m}: {e}") from None
+    for params in args.tv_variants.values():
+        try:
+            solvers.get("fista-tv", **params)
+        except DiffinvError as e:
+            raise SystemExit(f"error: --tv-variant: {e}") from None
     identity = run_identity(args)
     # the pools are checked before the own store is opened: a refused --pool leaves no new run.json
     pools = [BatchStore(d, identity, "--pool", ignore=("seed",), create=False) for d in args.pool or []]
@@ -356,6 +370,7 @@ def main(argv=None) -> int:
         runs = {
             "fbp": solver_run("pinv", use_fbp=True),
             "fista-tv": solver_run("fista-tv", steps=args.tv_iters),
+            **{name: solver_run("fista-tv", **params) for name, params in args.tv_variants.items()},
         }
         for tag in args.priors:
             for m in args.methods:
@@ -432,6 +447,9 @@ def report(args, command, window, names, results, total, png_name, shown, figure
         f"- steps: {args.steps if args.steps else 'library defaults for CT'} (used: {', '.join(sorted(steps))}); "
         f"fista-tv and the other hyperparameters: library defaults"
         + (f" except {args.tv_iters} iterations" if args.tv_iters else "")
+        + "".join(
+            f"; `{name}`: FISTA-TV with these hyperparameters (`--tv-variant`)" for name in args.tv_variants
+        )
         + "".join(
             f"; {m}: " + ", ".join(f"{k} = {v}" for k, v in p.items()) + " (`--param`)"
             for m, p in args.params.items()
@@ -541,6 +559,12 @@ def targets(args, results) -> list[str]:
                     continue
                 vr = mean_std(res[ref]["psnr"])[0]
                 lines.append(target_line(f"{info}{label(setting)}", m, b, ref, vr, need))
+            for name in args.tv_variants if kind == "none" else ():  # FISTA-TV tuned otherwise
+                for ref in (name, f"{name}+proj") if args.project else (name,):
+                    vr = mean_std(res[ref]["psnr"])[0]
+                    lines.append(
+                        target_line(f"(for information) {label(setting)}", m, b, ref, vr, TARGET_TV_DB)
+                    )
             if args.project and kind == "none":  # the same comparisons without, and with both projected
                 m0, b0 = best(res, "chest", projected=False)
                 for ref, need in (("fista-tv", TARGET_TV_DB), ("fbp", TARGET_FBP_DB)):

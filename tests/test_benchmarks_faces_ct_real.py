@@ -406,13 +406,19 @@ def test_ct_real_pool_averages_the_stored_means_of_runs_under_other_seeds(tmp_pa
         str(keep1),
         "--project",
         "20",
+        "--tv-variant",
+        "lam=0.01,iters=5",
         "--out",
         str(tmp_path / "j"),
     )
+    # a --tv-variant row (FISTA-TV with other hyperparameters) joins the same store under its own name
+    assert (keep0 / "8_views" / "fista-tv_lam_0.01_iters_5").is_dir()
     rows = section((tmp_path / "j" / "ct_real.md").read_text(), "8 views").splitlines()
     projected = {
         c[1].strip(): float(c[3].split("±")[0]) for c in (line.split("|") for line in rows if "±" in line)
     }
+    assert math.isfinite(projected["fista-tv lam=0.01,iters=5"])
+    assert projected["fista-tv lam=0.01,iters=5+proj"] >= projected["fista-tv lam=0.01,iters=5"] - 0.006
     for name in ("fbp", "fista-tv", "ddnm-mean2/chest", "ddnm-mean4/chest"):
         method, slash, prior = name.partition("/")
         assert projected[name] == pytest.approx(psnr[name], abs=0.006)
@@ -439,6 +445,7 @@ def test_ct_real_pool_averages_the_stored_means_of_runs_under_other_seeds(tmp_pa
             (("--resume", str(keep0), "--pool", str(other)), "holds a run with other arguments (steps)"),
             (("--resume", str(keep0), "--pool", str(tmp_path / "s1")), "holds no run.json"),
             (("--pool", str(keep1)), "--pool needs --resume"),
+            (("--tv-variant", "lamda=1"), "--tv-variant: unknown parameter"),
             (
                 ("--project", "5", "--settings", "ct8@g0.01"),
                 "--project needs N >= 1 and noiseless settings only",
