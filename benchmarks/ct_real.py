@@ -20,7 +20,10 @@ Methods: FBP, FISTA-TV, and the diffusion methods DDNM (DDNM+ with noise), MCG, 
 DiffPIR (``--methods``: a subset of them), each
 once with ``--prior`` (``chest``, default ``ct-chest-64``) and once with ``--prior-wrong``
 (``ellipses``, default ``ct-ellipses-64``). Hyperparameters and step counts are the library's
-defaults for CT operators unless ``--steps`` / ``--tv-iters`` set them.
+defaults for CT operators unless ``--steps`` / ``--tv-iters`` set them; ``--tv-variant`` adds
+FISTA-TV rows with other hyperparameters (e.g. tuned for noiseless CT with ``ct_tune.py``).
+Noiseless settings: ``--project N`` adds beside every row its output after N rounds of projection
+onto ``{A x = y} ∩ [0, 1]`` (``diffinv.operators.project_feasible``; rows ``<row>+proj``).
 
 Targets ("Targets" section, with margins): at 8 and 18 views (noiseless), the best diffusion method
 with the chest prior >= FISTA-TV + 1 dB and >= FBP + 8 dB mean PSNR; the chest prior beats the
@@ -38,6 +41,9 @@ Usage::
     python benchmarks/ct_real.py --methods scd --samples 4 --means-only --batch 1 --resume /work/keep
     # the same run under --seed 1 into /work/keep-s1, then a mean of 8 from the two stores (noiseless)
     python benchmarks/ct_real.py --methods scd --samples 4 --means-only --batch 1 --resume /work/keep --pool /work/keep-s1
+    # ... and every row projected onto the images the sinogram allows, beside a tuned FISTA-TV
+    python benchmarks/ct_real.py --methods scd --samples 4 --means-only --batch 1 --resume /work/keep \
+        --pool /work/keep-s1 --project 1000 --tv-variant lam=0.0001,iters=10000
 
 Writes ``<out>/ct_real.md`` and ``<out>/ct_real.png`` (a few slices, noiseless, every method);
 ``--out`` defaults to ``benchmarks/results``.
