@@ -547,20 +547,17 @@ def projected_rows(res: dict, x, y, op, iters: int, label: str = "", lpips: bool
     outputs after ``iters`` rounds of :func:`diffinv.operators.project_feasible` onto
     ``{A x = y} ∩ [0, 1]^n`` (noiseless ``y`` only: that set then holds the true image), scored as
     the other rows; its seconds add the projection's to the row's."""
-    import time
-
     import torch
 
-    from diffinv.operators import project_feasible
+    from diffinv.pipeline import project_measured
 
     out = {}
     for name, r in res.items():
         out[name] = r
         method, slash, prior = name.partition("/")
         p = empty_row(lpips)
-        start = time.perf_counter()
-        x_proj = project_feasible(op, r["out"], y.to(r["out"].dtype), iters=iters)
-        p["sec"] = r["sec"] + (time.perf_counter() - start) / x.shape[0]
+        x_proj, seconds = project_measured(r["out"], y, op, iters)
+        p["sec"] = r["sec"] + seconds / x.shape[0]
         score_batch(p, x_proj, x, lpips)
         p["out"], p["nfe"], p["steps"] = torch.cat(p["out"]), r["nfe"], r["steps"]
         out[f"{method}+proj{slash}{prior}"] = p

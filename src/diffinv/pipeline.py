@@ -205,17 +205,15 @@ def check_projection(project, sigma_y: float = 0.0, noisy: bool = False) -> int 
     return int(project)
 
 
-def project_measured(x: torch.Tensor, y: torch.Tensor, op: LinearOperator, project: int | None):
+def project_measured(x: torch.Tensor, y: torch.Tensor, op: LinearOperator, project: int):
     """``(x, seconds)``: ``x`` after ``project`` rounds of :func:`diffinv.operators.project_feasible`
-    onto ``{A x = y} ∩ [0, 1]`` (unchanged, 0 s, if None) and the time they took."""
-    if not project:
-        return x, 0.0
+    onto ``{A x = y} ∩ [0, 1]`` and the time they took."""
     import time
 
     from .operators import project_feasible
 
     start = time.perf_counter()
-    x = project_feasible(op, x, y.to(x.dtype), iters=project)
+    x = project_feasible(op, x, y, iters=project)
     return x, time.perf_counter() - start
 
 
