@@ -267,7 +267,7 @@ def test_twenty_requests_at_once_are_all_answered(server):
     def args():
         return (handle_file(str(FACE)), None, "degrade", "sr4", "faces-64", "ddnm", 10, 0.0, 1, 0, "none")
 
-    extra = (None, None, False, None, None)  # hu_offset, slice, resize, mask, brush
+    extra = (None, None, False, None, None, 0)  # hu_offset, slice, resize, mask, brush, project
     warm = Client(server.url, verbose=False, download_files=False)
     assert warm.predict(*args(), *extra, api_name="/restore")[0].startswith("done")
     warm.close()

@@ -150,6 +150,7 @@ def test_parameters(prior):
         "data_tv": 0.0,
         "tv_iters": 20,
         "tv_inner": 10,
+        "feasible_rounds": 0,
     }
     bad = [
         {"data_tv": -0.1},
@@ -160,6 +161,9 @@ def test_parameters(prior):
         {"cg_iters": True},
         {"gamma": -1.0},
         {"gamma": float("inf")},
+        {"feasible_rounds": -1},
+        {"feasible_rounds": 1.5},
+        {"feasible_rounds": True},
     ]
     bad += [{"gamma": "x"}, {"start": 0.0}, {"start": 1.5}, {"eta": 1.5}, {"steps": 0}, {"zeta": 1.0}]
     for params in bad:
@@ -209,3 +213,68 @@ def test_the_tv_data_step_converges_to_the_minimiser_of_its_objective(prior):
         assert (objective(x_ref + 0.1 * d / d.norm()) >= f_ref - 1e-6 * f_ref.abs()).all()
     assert ((f_default - f_ref) <= 0.05 * (f_start - f_ref)).all()
     assert (f_default >= f_ref - 1e-6 * f_ref.abs()).all()
+
+
+class _SmallEps(torch.nn.Module):
+    """A random two-layer convolutional eps-network (time ignored), for SCD's adaptation."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.a, self.b = torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.Conv2d(8, 1, 3, padding=1)
+        for w in (self.a.weight, self.b.weight):
+            w.data = 0.2 * torch.randn(w.shape, generator=g)
+
+    def forward(self, x, t):
+        return 0.3 * self.b(torch.nn.functional.silu(self.a(x)))
+
+
+def _box_phantoms(op, n: int = 2) -> torch.Tensor:
+    """Piecewise-constant images in [0, 1], half their pixels exactly 0 (as windowed CT)."""
+    x = torch.zeros(n, *op.in_shape, dtype=torch.float64)
+    x[0, :, 3:11, 4:12] = 0.6
+    x[0, :, 5:8, 6:9] = 1.0
+    x[1, :, 2:9, 3:14] = 0.3
+    return x
+
+
+@pytest.mark.parametrize("method", ["dds", "scd"])
+def test_feasible_rounds_return_an_image_in_range_that_fits_the_data(method):
+    """``feasible_rounds = N`` (noiseless): every data step ends with N rounds of alternating
+    projections onto {A x = y} and the model range. The result lies in [0, 1] exactly and fits y
+    far better than the range alone allows, while the plain data step leaves the range (the
+    Gaussian prior's samples are unbounded); a prior with a network is needed for SCD."""
+    from diffinv.operators import from_spec
+
+    op = from_spec("ct8", (1, 16, 16))
+    if method == "scd":  # SCD adapts a network: a small random convolutional eps-network
+        from diffinv.priors import NetworkPrior, VPSchedule
+
+        prior = NetworkPrior(_SmallEps(), VPSchedule.linear(1000), (1, 16, 16))
+        x, params = _box_phantoms(op).float(), {"steps": 4, "adapt_iters": 1}
+    else:
+        prior, x, params = correlated_prior((1, 16, 16)), _box_phantoms(op), {"steps": 10}
+    y = op.A(x)
+    outs = {}
+    for rounds in (0, 200):
+        solver = solvers.get(method, prior, feasible_rounds=rounds, **params)
+        outs[rounds] = solver(y, op, generator=torch.Generator().manual_seed(0))
+    fitted = outs[200]
+    assert fitted.min() >= 0.0 and fitted.max() <= 1.0
+    res = (op.A(fitted) - y).flatten(1).norm(dim=1) / y.flatten(1).norm(dim=1)
+    assert (res < 1e-2).all(), res
+    # the plain result after the same clamp fits y worse: the rounds did the work
+    plain = outs[0].clamp(0, 1)
+    res_plain = (op.A(plain) - y).flatten(1).norm(dim=1) / y.flatten(1).norm(dim=1)
+    assert (res < 0.5 * res_plain).all(), (res, res_plain)
+
+
+def test_feasible_rounds_refuse_a_noisy_measurement(prior):
+    from diffinv.operators import from_spec
+
+    op = from_spec("ct8", (1, 4, 4))
+    y = op.A(torch.full((1, *SHAPE), 0.5, dtype=torch.float64))
+    solver = solvers.get("dds", prior, steps=2, feasible_rounds=5)
+    with pytest.raises(DiffinvError, match="noiseless") as info:
+        solver(y, op, sigma_y=0.05, generator=torch.Generator().manual_seed(0))
+    assert "\n" not in str(info.value)

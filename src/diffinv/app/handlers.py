@@ -72,6 +72,7 @@ class JobRequest:
     slice_index: int | None = None
     mask_file: str | None = None
     brush: dict | None = None  # the ImageEditor's value
+    project: int | None = 0  # rounds of projection onto {A x = y} and [0, 1] (noiseless); 0: none
 
 
 @dataclass
@@ -94,6 +95,7 @@ _UI_WORDS = {
     "--measured": "mode 'this is my measurement'",
     "--sigma-y": "'noise'",
     "--samples": "'samples'",
+    "--project": "'projection rounds'",
     "--steps": "'steps'",
     "--slice": "'NIfTI slice'",
     "--param": "parameter",
@@ -158,6 +160,7 @@ def check_settings(req: JobRequest, app: AppState) -> dict:
 
         parse_window(window)  # a bad preset or CENTER,WIDTH: one line now
     hu_offset = _number(req.hu_offset, "HU offset", float, -1e5, 1e5, allow_none=True)
+    project = _number(req.project, "projection rounds", int, 0, options.MAX_PROJECT, allow_none=True)
     return dict(
         task=task,
         method=req.method,
@@ -165,6 +168,7 @@ def check_settings(req: JobRequest, app: AppState) -> dict:
         steps=steps,
         sigma_y=_number(req.sigma_y, "noise", float, 0.0, options.MAX_SIGMA),
         samples=_number(req.samples, "samples", int, 1, options.MAX_SAMPLES),
+        project=project or None,
         seed=_number(req.seed, "seed", int, 0, 2**31 - 1),
         window=window,
         hu_offset=hu_offset or None,
@@ -434,6 +438,7 @@ def _restore(up, kw, mask, job: Path, app: AppState, callback, results: list) ->
         slice_index=kw["slice_index"],
         resize=True if kw["resize"] else None,
         samples=kw["samples"],
+        project=kw["project"],
         callback=callback,
         on_result=lambda record, r: results.append((record, r)),
     )

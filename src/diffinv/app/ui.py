@@ -88,6 +88,7 @@ def build_ui(app: AppState):
         resize,
         mask_file,
         brush,
+        project,
         request: gr.Request,
         progress=gr.Progress(),  # noqa: B008 (Gradio's way of asking for a progress bar)
     ):
@@ -109,6 +110,7 @@ def build_ui(app: AppState):
             resize=resize,
             mask_file=mask_file,
             brush=brush,
+            project=project,
         )
 
         def report(fraction, text):
@@ -173,6 +175,10 @@ def build_ui(app: AppState):
                     1, options.MAX_SAMPLES, value=1, step=1, label=samples_label, elem_id="samples"
                 )
                 seed = gr.Number(0, precision=0, label="seed", elem_id="seed")
+                project_label = "projection rounds onto {A x = y} and [0, 1] (noiseless measurements; 0: off)"
+                project = gr.Slider(
+                    0, options.MAX_PROJECT, value=0, step=50, label=project_label, elem_id="project"
+                )
                 resize = gr.Checkbox(False, label="resize to the prior's size (64x64)", elem_id="resize")
                 with gr.Accordion("CT slices in Hounsfield units", open=False):
                     window = gr.Dropdown(
@@ -245,7 +251,7 @@ def build_ui(app: AppState):
         run.click(
             on_run,
             [file, example, mode, task, prior, method, steps, noise]  # on_run's parameters, in order
-            + [samples, seed, window, hu_offset, slice_index, resize, mask_file, brush],
+            + [samples, seed, window, hu_offset, slice_index, resize, mask_file, brush, project],
             [status, measurement, restoration, uncertainty, metrics, downloads],
             concurrency_limit=app.max_waiting + 2,  # the JobQueue, not Gradio's queue, orders the jobs
             concurrency_id="restore",
