@@ -42,8 +42,8 @@ and for very sparse views (results: benchmarks/results/solver_notes.md, "DDS: a 
 data step"; off by default).
 
 ``feasible_rounds = N`` (0: off; noiseless measurements only) ends every data step with N rounds of
-alternating projections onto {x : A x = y} and the image range (model units; ``operators.
-project_feasible``):
+alternating projections onto {x : A x = y} and the image range, in model units
+(:func:`diffinv.operators.project_feasible`):
 
     x^0|t <- P_box P_{A x = y} ... P_box P_{A x = y} x^0|t                          (N rounds)
 

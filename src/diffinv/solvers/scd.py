@@ -22,10 +22,11 @@ it samples: at each DDS step (:mod:`.dds`), before the Tweedie estimate is used,
 The adaptation starts afresh for every image of the batch (each image is its own problem), and
 the prior's network is restored exactly after each one (:func:`diffinv.priors.adapters.adapted`).
 
-Parameters: those of DDS (``steps``, ``eta``, ``cg_iters``, ``gamma``, ``start``; CT defaults as
-DDS's) and ``adapt_iters`` (K = 3), ``adapt_lr`` (Adam step, 3e-4), ``adapter`` ("full": every
-weight, as DDIP; "lora": rank-``lora_rank`` adapters, SCD's main form), ``lora_rank`` (4),
-``tv_weight`` (lambda_TV = 0), ``adapt_every`` (adapt at every n-th step and the last; 1),
+Parameters: those of DDS (``steps``, ``eta``, ``cg_iters``, ``gamma``, ``start``, ``data_tv``,
+``feasible_rounds``; CT defaults as DDS's) and ``adapt_iters`` (K = 3), ``adapt_lr`` (Adam step,
+3e-4), ``adapter`` ("full": every weight, as DDIP; "lora": rank-``lora_rank`` adapters, SCD's main
+form), ``lora_rank`` (4), ``tv_weight`` (lambda_TV = 0), ``adapt_every`` (adapt at every n-th
+step and the last; 1),
 ``adapt_stop`` (tau; 0: off. Morozov's discrepancy principle: an Adam step is taken only while
 mean_j (A x0|t - y)_j^2 > (tau sigma_y)^2 in model units, so that a noisy measurement is not fitted
 below its noise; noiseless, sigma_y = 0, it never stops early. Off by default: at tau = 1 under
