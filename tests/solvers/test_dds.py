@@ -151,6 +151,7 @@ def test_parameters(prior):
         "tv_iters": 20,
         "tv_inner": 10,
         "feasible_rounds": 0,
+        "feasible_method": "pocs",
     }
     bad = [
         {"data_tv": -0.1},
@@ -164,6 +165,7 @@ def test_parameters(prior):
         {"feasible_rounds": -1},
         {"feasible_rounds": 1.5},
         {"feasible_rounds": True},
+        {"feasible_method": "dykstra"},
     ]
     bad += [{"gamma": "x"}, {"start": 0.0}, {"start": 1.5}, {"eta": 1.5}, {"steps": 0}, {"zeta": 1.0}]
     for params in bad:
@@ -238,8 +240,8 @@ def _box_phantoms(op, n: int = 2) -> torch.Tensor:
     return x
 
 
-@pytest.mark.parametrize("method", ["dds", "scd"])
-def test_feasible_rounds_return_an_image_in_range_that_fits_the_data(method):
+@pytest.mark.parametrize("method, feasible_method", [("dds", "pocs"), ("dds", "nearest"), ("scd", "pocs")])
+def test_feasible_rounds_return_an_image_in_range_that_fits_the_data(method, feasible_method):
     """``feasible_rounds = N`` (noiseless): every data step ends with N rounds of alternating
     projections onto {A x = y} and the model range. The result lies in [0, 1] exactly and fits y
     far better than the range alone allows, while the plain data step leaves the range (the
@@ -257,7 +259,7 @@ def test_feasible_rounds_return_an_image_in_range_that_fits_the_data(method):
     y = op.A(x)
     outs = {}
     for rounds in (0, 200):
-        solver = solvers.get(method, prior, feasible_rounds=rounds, **params)
+        solver = solvers.get(method, prior, feasible_rounds=rounds, feasible_method=feasible_method, **params)
         outs[rounds] = solver(y, op, generator=torch.Generator().manual_seed(0))
     fitted = outs[200]
     assert fitted.min() >= 0.0 and fitted.max() <= 1.0

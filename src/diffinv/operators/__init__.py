@@ -12,7 +12,7 @@ from .ct_fan import FanBeamCT
 from .deblur import Blur, anisotropic_kernel, gaussian_kernel, motion_kernel, uniform_kernel
 from .denoise import Denoise
 from .dense import MatrixOperator
-from .feasible import project_feasible
+from .feasible import nearest_feasible, project_feasible
 from .inpaint import Inpaint, box_mask, random_mask, stroke_mask
 from .spec import available_specs, from_spec
 from .superres import BicubicSuperResolution, SuperResolution, bicubic_matrix
@@ -44,6 +44,7 @@ __all__ = [
     "fwht2",
     "random_orthogonal",
     "from_spec",
+    "nearest_feasible",
     "project_feasible",
     "available_specs",
 ]

@@ -61,6 +61,53 @@ def project_feasible(
     The result lies in the box exactly and satisfies ``A x = y`` up to the residual that the
     iterations leave (see the module's docstring).
     """
+    lo, hi = _checked(op, x, y, lo, hi, iters)
+    y = y.to(x.dtype)
+    x = x.clamp(lo, hi)
+    for _ in range(int(iters)):
+        x = op.project(x, y).clamp(lo, hi)
+    return x
+
+
+def nearest_feasible(
+    op: LinearOperator,
+    v: torch.Tensor,
+    y: torch.Tensor,
+    lo: float = 0.0,
+    hi: float = 1.0,
+    iters: int = 100,
+) -> torch.Tensor:
+    """The point of ``C = {x : A x = y, lo <= x <= hi}`` nearest to ``v``, by ``iters`` steps of
+    accelerated dual ascent (for DDS's ``feasible_method="nearest"``).
+
+    P_C(v) = argmin_x 1/2 ||x - v||^2 subject to A x = y and x in the box. Its Lagrange dual gives
+    x(lam) = P_box(v + A^T lam) and the dual gradient y - A x(lam); ascent preconditioned by
+    (A A^T)^+, written in u = v + A^T lam (so that only ``A`` and ``A^+`` appear), is
+
+        u_{k+1} = w_k + A^+ (y - A P_box(w_k)),   x_k = P_box(u_k)                           (2)
+
+    with Nesterov's momentum w_k = u_k + ((t_k - 1) / t_{k+1}) (u_k - u_{k-1}) (Beck & Teboulle
+    2009). The preconditioned dual gradient is 1-Lipschitz (P_box is non-expansive and A^+ A a
+    projection), so the unit step is safe. Unlike (1), whose limit is some point of C, (2) tends to
+    the nearest one; (1) is (2) without the momentum and with the part ``u - P_box(u)`` dropped at
+    each step. On real 64x64 CT slices (18 views), 20 steps of (2) inside DDS scored like 100 rounds of
+    (1) (benchmarks/results/solver_notes.md). The result lies in the box exactly; ``A x = y``
+    holds up to the residual the steps leave.
+    """
+    lo, hi = _checked(op, v, y, lo, hi, iters)
+    y = y.to(v.dtype)
+    u = u_prev = v
+    t = 1.0
+    for _ in range(int(iters)):
+        t_next = (1.0 + math.sqrt(1.0 + 4.0 * t * t)) / 2.0
+        w = u + ((t - 1.0) / t_next) * (u - u_prev)
+        u_prev, u = u, w + op.pinv(y - op.A(w.clamp(lo, hi)))
+        t = t_next
+    return u.clamp(lo, hi)
+
+
+def _checked(op: LinearOperator, x, y, lo, hi, iters) -> tuple[float, float]:
+    """(lo, hi) as floats; DiffinvError (one line) for bad shapes, NaN, iters or box."""
     check_tensor(x, op.in_shape, "x", f"for operator {op.name}")
     check_tensor(y, op.out_shape, "y", f"for operator {op.name}")
     if x.shape[0] != y.shape[0]:
@@ -72,8 +119,4 @@ def project_feasible(
     lo, hi = float(lo), float(hi)
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
         raise DiffinvError(f"the box needs finite lo < hi, got lo={lo}, hi={hi}")
-    y = y.to(x.dtype)
-    x = x.clamp(lo, hi)
-    for _ in range(int(iters)):
-        x = op.project(x, y).clamp(lo, hi)
-    return x
+    return lo, hi
