@@ -84,8 +84,6 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 from ..errors import DiffinvError
 from ..operators.cg import cg
 from ..operators.feasible import nearest_feasible, project_feasible
@@ -196,7 +194,8 @@ class DDS(Solver):
             raise DiffinvError(
                 f"feasible_rounds needs a noiseless measurement (sigma_y = 0), got sigma_y = {sigma_y:g}"
             )
-        lo, hi = (float(prior.to_model(torch.tensor(v))) for v in (0.0, 1.0))  # image range, model units
+        lo, hi = prior.to_model(0.0), prior.to_model(1.0)  # the image range in model units
+        to_feasible = FEASIBLE_METHODS[self.params["feasible_method"]]
         # ||A||^2 for the TV data step's step size, once per call
         self._norm2 = power_norm2(op, y_z) if self.params["data_tv"] else 0.0
         steps, x = warm_start(
@@ -207,7 +206,7 @@ class DDS(Solver):
             x0 = self.estimate(x, s, y_z, op, callback)  # x0|t, one NFE
             x0_hat = self.refine(x0, y_z, op, gamma)  # M CG steps in x0|t + K_M
             if rounds:  # towards {A x = y} and the image range at once
-                x0_hat = FEASIBLE_METHODS[self.params["feasible_method"]](op, x0_hat, y_z, lo, hi, rounds)
+                x0_hat = to_feasible(op, x0_hat, y_z, lo, hi, rounds)
             if not s.last:
                 sigma, c_eps = ddim_coefficients(s.ab_t, s.ab_prev, eta, variance="ddnm")
                 x = math.sqrt(s.ab_prev) * x0_hat + c_eps * eps_from_x0(x, x0, s.ab_t)
