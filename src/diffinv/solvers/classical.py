@@ -78,12 +78,15 @@ def tv_prox_fgp(
     iters: int,
     box: bool,
     dual: tuple[torch.Tensor, torch.Tensor] | None = None,
+    bounds: tuple[float, float] = (0.0, 1.0),
 ):
-    """FGP (Beck & Teboulle 2009): approx. argmin_x ||x - b||^2 + 2 weight TV(x) (+ x in [0, 1]).
+    """FGP (Beck & Teboulle 2009): approx. argmin_x ||x - b||^2 + 2 weight TV(x) (+ x in ``bounds``
+    if ``box``: their constrained denoising, the projection onto the box inside the dual map).
 
     Returns ``(x, (p, q))``; pass the dual ``(p, q)`` back to warm-start the next call.
     """
-    proj_c = (lambda v: v.clamp(0.0, 1.0)) if box else (lambda v: v)
+    lo, hi = bounds
+    proj_c = (lambda v: v.clamp(lo, hi)) if box else (lambda v: v)
     if weight <= 0:
         return proj_c(b), dual
     if dual is None:

@@ -41,6 +41,17 @@ in-plane, for noisy 2D CT, where the quadratic step passes the sinogram's noise 
 and for very sparse views (results: benchmarks/results/solver_notes.md, "DDS: a TV term in the
 data step"; off by default).
 
+``data_box = True`` (False: off) keeps the data step in the image range [0, 1] (model units),
+
+    x^0|t = argmin_{x in range} ||y - A x||^2 + gamma ||x - x0|t||^2 + data_tv TV(x)   (box data step)
+
+by the same FISTA iteration with the FGP prox constrained to the range (Beck & Teboulle's
+constrained TV denoising; with data_tv = 0 the prox is the projection, i.e. projected FISTA). It
+is the noisy counterpart of ``feasible_rounds``: windowed CT holds most of its pixels at the ends
+of the range (air and bone), and the unconstrained step lets the sinogram's noise push them out,
+which the prior then has to undo. Ours, not the paper's (results: benchmarks/results/solver_notes.md,
+"DDS: the image range in the noisy data step"; off by default).
+
 ``feasible_rounds = N`` (0: off; noiseless measurements only) ends every data step with N rounds of
 alternating projections onto {x : A x = y} and the image range, in model units
 (:func:`diffinv.operators.project_feasible`):
@@ -114,6 +125,7 @@ class DDS(Solver):
         "gamma": None,
         "start": 1.0,
         "data_tv": 0.0,
+        "data_box": False,
         "tv_iters": 20,
         "tv_inner": 10,
         "feasible_rounds": 0,
@@ -132,6 +144,8 @@ class DDS(Solver):
             raise DiffinvError(f"cg_iters must be a positive integer or None, got {m!r}")
         self.check_numbers("gamma", optional=True)
         self.check_numbers("data_tv")
+        if not isinstance(self.params["data_box"], bool):
+            raise DiffinvError(f"data_box must be True or False, got {self.params['data_box']!r}")
         for key in ("tv_iters", "tv_inner"):
             v = self.params[key]
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -159,21 +173,25 @@ class DDS(Solver):
             x = x0 + op.damped_pinv(r, gamma)
         else:
             x = x0 + cg(lambda p: op.At(op.A(p)) + gamma * p, op.At(r), int(m), 1e-12)
-        if self.params["data_tv"]:
+        if self.params["data_tv"] or self.params["data_box"]:
             x = self.tv_refine(x, x0, y_z, op, gamma)
         return x
 
     def tv_refine(self, x, x0, y_z, op, gamma: float):
         """FISTA from ``x`` on ||y - A x||^2 + gamma ||x - x0||^2 + data_tv TV(x) (isotropic TV, model
-        units): ``tv_iters`` proximal-gradient steps, step 1 / Lip with Lip = 2 (||A||^2 + gamma), the
-        TV prox by FGP (``tv_inner`` iterations, warm-started dual; ``classical.tv_prox_fgp``)."""
+        units; with ``data_box`` over the image range only): ``tv_iters`` proximal-gradient steps,
+        step 1 / Lip with Lip = 2 (||A||^2 + gamma), the prox of TV (+ the range) by FGP
+        (``tv_inner`` iterations, warm-started dual; ``classical.tv_prox_fgp``; with data_tv = 0
+        the prox is the projection onto the range: projected FISTA)."""
         tv = float(self.params["data_tv"])
+        box = bool(self.params["data_box"])
+        bounds = (float(self.prior.to_model(0.0)), float(self.prior.to_model(1.0)))
         lip = 2.0 * (self._norm2 + gamma)
         u, x_prev, t, dual = x, x, 1.0, None
         for _ in range(int(self.params["tv_iters"])):
             grad = 2.0 * op.At(op.A(u) - y_z) + 2.0 * gamma * (u - x0)
             # argmin (lip / 2) ||z - b||^2 + tv TV(z) = argmin ||z - b||^2 + 2 (tv / lip) TV(z)
-            z, dual = tv_prox_fgp(u - grad / lip, tv / lip, int(self.params["tv_inner"]), False, dual)
+            z, dual = tv_prox_fgp(u - grad / lip, tv / lip, int(self.params["tv_inner"]), box, dual, bounds)
             t_next = (1.0 + math.sqrt(1.0 + 4.0 * t * t)) / 2.0
             u = z + ((t - 1.0) / t_next) * (z - x_prev)
             x_prev, t = z, t_next
@@ -197,7 +215,8 @@ class DDS(Solver):
         lo, hi = prior.to_model(0.0), prior.to_model(1.0)  # the image range in model units
         to_feasible = FEASIBLE_METHODS[self.params["feasible_method"]]
         # ||A||^2 for the TV data step's step size, once per call
-        self._norm2 = power_norm2(op, y_z) if self.params["data_tv"] else 0.0
+        refined = self.params["data_tv"] or self.params["data_box"]
+        self._norm2 = power_norm2(op, y_z) if refined else 0.0
         steps, x = warm_start(
             prior.schedule, int(self.params["steps"]), float(self.params["start"]), y_z, op, noise
         )

@@ -22,7 +22,7 @@ it samples: at each DDS step (:mod:`.dds`), before the Tweedie estimate is used,
 The adaptation starts afresh for every image of the batch (each image is its own problem), and
 the prior's network is restored exactly after each one (:func:`diffinv.priors.adapters.adapted`).
 
-Parameters: those of DDS (``steps``, ``eta``, ``cg_iters``, ``gamma``, ``start``, ``data_tv``,
+Parameters: those of DDS (``steps``, ``eta``, ``cg_iters``, ``gamma``, ``start``, ``data_tv``, ``data_box``,
 ``feasible_rounds``; CT defaults as DDS's) and ``adapt_iters`` (K = 3), ``adapt_lr`` (Adam step,
 3e-4), ``adapter`` ("full": every weight, as DDIP; "lora": rank-``lora_rank`` adapters, SCD's main
 form), ``lora_rank`` (4), ``tv_weight`` (lambda_TV = 0), ``adapt_every`` (adapt at every n-th
