@@ -177,6 +177,16 @@ def test_parameters(prior):
         assert "\n" not in str(info.value)
 
 
+def _data_step(prior, op, y, x0, gamma: float, **params):
+    """DDS's data step x^0|t alone (exact quadratic step, then ``tv_refine`` if asked), with the
+    ||A||^2 that ``_solve`` would set."""
+    from diffinv.solvers.classical import power_norm2
+
+    solver = solvers.get("dds", prior, cg_iters=None, **params)
+    solver._norm2 = power_norm2(op, y)
+    return solver.refine(x0, y, op, gamma)
+
+
 def test_the_tv_data_step_converges_to_the_minimiser_of_its_objective(prior):
     """``data_tv > 0``: x^0|t approximately minimises F(x) = ||y - A x||^2 + gamma ||x - x0||^2 +
         data_tv TV(x). Reference: the same FISTA run 15x longer with 5x the FGP iterations; the default
@@ -184,7 +194,7 @@ def test_the_tv_data_step_converges_to_the_minimiser_of_its_objective(prior):
         that reference, the reference must lie below the start (TV pays), and no small random step from
     the reference may lower F (F is convex: a local minimum is the minimum)."""
     from diffinv.operators import from_spec
-    from diffinv.solvers.classical import power_norm2, tv_iso
+    from diffinv.solvers.classical import tv_iso
 
     op = from_spec("ct8", (1, 16, 16))
     g = torch.Generator().manual_seed(3)
@@ -202,9 +212,7 @@ def test_the_tv_data_step_converges_to_the_minimiser_of_its_objective(prior):
         )
 
     def refined(**params):
-        solver = solvers.get("dds", prior, cg_iters=None, data_tv=tv, **params)
-        solver._norm2 = power_norm2(op, y)  # as _solve sets it
-        return solver.refine(x0, y, op, gamma)
+        return _data_step(prior, op, y, x0, gamma, data_tv=tv, **params)
 
     start = x0 + op.damped_pinv(y - op.A(x0), gamma)
     x_ref = refined(tv_iters=300, tv_inner=50)
@@ -239,14 +247,11 @@ def test_the_box_data_step_matches_a_bound_constrained_reference():
     solver, on the same quadratic. The plain step leaves the range; the box step stays in it."""
     from scipy.optimize import minimize
 
-    from diffinv.solvers.classical import power_norm2
-
     op, y, x0 = _box_step_problem()
     gamma = 1.0
-    solver = solvers.get("dds", correlated_prior((1, 12, 12)), cg_iters=None, data_box=True, tv_iters=400)
-    solver._norm2 = power_norm2(op, y)  # as _solve sets it
-    boxed = solver.refine(x0, y, op, gamma)
-    plain = solvers.get("dds", correlated_prior((1, 12, 12)), cg_iters=None).refine(x0, y, op, gamma)
+    prior = correlated_prior((1, 12, 12))
+    boxed = _data_step(prior, op, y, x0, gamma, data_box=True, tv_iters=400)
+    plain = _data_step(prior, op, y, x0, gamma)
     assert plain.min() < -1.05 and plain.max() > 1.05  # the constraint is active
     assert boxed.min() >= -1.0 and boxed.max() <= 1.0
     for i in range(y.shape[0]):
@@ -276,7 +281,7 @@ def test_the_box_tv_data_step_is_optimal_over_the_range():
     near it (a random step, clamped back to the range) has a lower F(x) = ||y - A x||^2 + gamma
     ||x - x0||^2 + data_tv TV(x): F is convex on a convex set, so a local minimum there is the
     minimum. The default iteration count closes >= 95% of F's gap from the start to it."""
-    from diffinv.solvers.classical import power_norm2, tv_iso
+    from diffinv.solvers.classical import tv_iso
 
     op, y, x0 = _box_step_problem()
     gamma, tv = 1.0, 0.5
@@ -287,11 +292,9 @@ def test_the_box_tv_data_step_is_optimal_over_the_range():
         return (r * r).flatten(1).sum(1) + gamma * ((x - x0) ** 2).flatten(1).sum(1) + tv * tv_iso(x)
 
     def refined(**params):
-        solver = solvers.get(
-            "dds", correlated_prior((1, 12, 12)), cg_iters=None, data_tv=tv, data_box=True, **params
+        return _data_step(
+            correlated_prior((1, 12, 12)), op, y, x0, gamma, data_tv=tv, data_box=True, **params
         )
-        solver._norm2 = power_norm2(op, y)
-        return solver.refine(x0, y, op, gamma)
 
     start = (x0 + op.damped_pinv(y - op.A(x0), gamma)).clamp(-1, 1)
     x_ref = refined(tv_iters=400, tv_inner=50)

@@ -94,6 +94,10 @@ class Prior(nn.Module):
         """Model space -> [0, 1] image (not clamped)."""
         return z * self.scale + self.shift
 
+    def model_range(self) -> tuple[float, float]:
+        """The image range [0, 1] in model units: ``(to_model(0), to_model(1))``."""
+        return -self.shift / self.scale, (1 - self.shift) / self.scale
+
     # ------------------------------------------------------------------ schedule helpers
     def alpha_bar(self, t: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
         """abar_t broadcast to ``like`` (shape (B, 1, 1, 1) or scalar), in ``like``'s dtype/device."""
@@ -144,7 +148,7 @@ class Prior(nn.Module):
         if not self.clip_x0:
             return x0
         check_clip_grad(self.clip_x0_grad, "clip_x0_grad")
-        clamped = x0.clamp(-self.shift / self.scale, (1 - self.shift) / self.scale)
+        clamped = x0.clamp(*self.model_range())
         if self.clip_x0_grad == "identity" and x0.requires_grad:
             return x0 + (clamped - x0).detach()  # the clamped value, the identity's derivative
         return clamped

@@ -165,6 +165,10 @@ class DDS(Solver):
             return 0.0 if sigma_y == 0 else AUTHORS_NOISY_GAMMA
         return float(g)
 
+    def iterative_step(self) -> bool:
+        """Whether the data step ends with :meth:`tv_refine` (a TV term or the range constraint)."""
+        return bool(self.params["data_tv"] or self.params["data_box"])
+
     def refine(self, x0, y_z, op, gamma: float):
         """x^0|t: M CG steps on (A^T A + gamma I) d = A^T (y - A x0) from d = 0 (or the exact d)."""
         r = y_z - op.A(x0)
@@ -173,7 +177,7 @@ class DDS(Solver):
             x = x0 + op.damped_pinv(r, gamma)
         else:
             x = x0 + cg(lambda p: op.At(op.A(p)) + gamma * p, op.At(r), int(m), 1e-12)
-        if self.params["data_tv"] or self.params["data_box"]:
+        if self.iterative_step():
             x = self.tv_refine(x, x0, y_z, op, gamma)
         return x
 
@@ -184,8 +188,7 @@ class DDS(Solver):
         (``tv_inner`` iterations, warm-started dual; ``classical.tv_prox_fgp``; with data_tv = 0
         the prox is the projection onto the range: projected FISTA)."""
         tv = float(self.params["data_tv"])
-        box = bool(self.params["data_box"])
-        bounds = (float(self.prior.to_model(0.0)), float(self.prior.to_model(1.0)))
+        box, bounds = bool(self.params["data_box"]), self.prior.model_range()
         lip = 2.0 * (self._norm2 + gamma)
         u, x_prev, t, dual = x, x, 1.0, None
         for _ in range(int(self.params["tv_iters"])):
@@ -212,11 +215,10 @@ class DDS(Solver):
             raise DiffinvError(
                 f"feasible_rounds needs a noiseless measurement (sigma_y = 0), got sigma_y = {sigma_y:g}"
             )
-        lo, hi = prior.to_model(0.0), prior.to_model(1.0)  # the image range in model units
+        lo, hi = self.prior.model_range()
         to_feasible = FEASIBLE_METHODS[self.params["feasible_method"]]
         # ||A||^2 for the TV data step's step size, once per call
-        refined = self.params["data_tv"] or self.params["data_box"]
-        self._norm2 = power_norm2(op, y_z) if refined else 0.0
+        self._norm2 = power_norm2(op, y_z) if self.iterative_step() else 0.0
         steps, x = warm_start(
             prior.schedule, int(self.params["steps"]), float(self.params["start"]), y_z, op, noise
         )
