@@ -157,3 +157,38 @@ def test_restore_samples_ct_and_tiled(tmp_path):
                  "--out", str(out), "--quiet"]) == 0  # fmt: skip
     std = np.load(next(out.glob("*_std.npy")))
     assert std.shape == (3, 80, 80) and std.max() > 0
+
+
+def test_poisson_samples_are_weighted_solves_of_one_scan():
+    """Photon noise with K samples: one scan (the single restoration's), and sample k is the weighted
+    solve of that scan seeded seed + k (`pipeline.solve_with_variance`), so the samples differ."""
+    from diffinv import pipeline
+    from diffinv.errors import DiffinvError
+    from diffinv.operators.noise import PoissonNoise
+
+    shape = (1, 8, 8)
+    prior = correlated_prior(shape)
+    x = torch.rand(1, *shape, generator=gen(0), dtype=torch.float64)
+    noise = PoissonNoise(1e4)
+    solver = solvers.get("dds", prior, steps=5, gamma=10.0)
+    r = posterior.degrade_and_sample(x, "ct8", solver, prior, seed=2, n=3, noise=noise)
+    op, y, var = pipeline.degrade_noise(x, "ct8", 0.0, 2, noise)
+    torch.testing.assert_close(r.y, y, rtol=0, atol=0)  # the same seeded draw of counts
+    for k in range(3):
+        one = pipeline.solve_with_variance(y, op, solver, var, seed=2 + k)
+        torch.testing.assert_close(r.post.samples[k], one.x, rtol=1e-9, atol=1e-9)
+    assert float(r.post.std.max()) > 1e-3
+    single = pipeline.degrade_and_restore(x, "ct8", solver, prior, seed=2, noise=noise)
+    torch.testing.assert_close(r.post.samples[0], single.x_hat, rtol=1e-9, atol=1e-9)
+    with pytest.raises(DiffinvError, match="noiseless"):
+        posterior.degrade_and_sample(x, "ct8", solver, prior, seed=2, n=2, noise=noise, project=3)
+
+
+def test_restore_samples_with_poisson_noise(tmp_path):
+    out = tmp_path / "poisson"
+    assert main(["restore", str(ASSETS / "ct_chest_tcia_64.png"), "--task", "ct18", "--method", "dds",
+                 "--steps", "2", "--noise", "poisson", "--photons", "1e4", "--samples", "2",
+                 "--out", str(out), "--quiet"]) == 0  # fmt: skip
+    rec = json.loads(next(out.glob("*_ct18_dds.json")).read_text())
+    assert rec["samples"] == 2 and rec["noise"] == "poisson" and math.isfinite(rec["metrics"]["psnr"])
+    assert np.load(next(out.glob("*_std.npy"))).max() > 0

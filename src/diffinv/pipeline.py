@@ -167,14 +167,19 @@ def degrade_and_restore(x: torch.Tensor, task, method, prior, sigma_y=0.0, seed=
     ``project=N`` (noiseless only): the restoration after N rounds of projection onto the images
     the measurement allows, ``{A x = y} ∩ [0, 1]`` (:func:`diffinv.operators.project_feasible`).
     """
-    noise = kwargs.pop("noise", None)
+    op, y, var = degrade_noise(x, task, sigma_y, seed, kwargs.pop("noise", None))
+    return _restore(y, op, x, method, prior, sigma_y, seed, kwargs, var)
+
+
+def degrade_noise(x: torch.Tensor, task, sigma_y: float = 0.0, seed: int = 0, noise=None):
+    """``(op, y, variance)``: :func:`degrade` (``variance`` None), or with ``noise`` (a
+    ``PoissonNoise``, CT) a photon-count scan of ``x``: its line integrals ``y`` and their per-bin
+    variance, drawn from the same seeded generator (``sigma_y`` is then ignored)."""
     if noise is None:
-        op, y = degrade(x, task, sigma_y, seed)
-        return _restore(y, op, x, method, prior, sigma_y, seed, kwargs)
-    # Poisson photon noise (operators.noise.PoissonNoise): y and its per-bin variance.
+        return *degrade(x, task, sigma_y, seed), None
     op = from_spec(task, tuple(x.shape[1:]), seed=seed) if isinstance(task, str) else task
     y, var = noise.measure(op, x, torch.Generator().manual_seed(int(seed) + 7919))
-    return _restore(y, op, x, method, prior, sigma_y, seed, kwargs, var)
+    return op, y, var
 
 
 def restore_measured(y: torch.Tensor, op, method, prior, sigma_y=0.0, seed=0, **kwargs) -> Restoration:

@@ -326,16 +326,38 @@ def degrade_and_sample(x: torch.Tensor, task, method, prior, sigma_y=0.0, seed=0
     """:func:`diffinv.pipeline.degrade_and_restore` with ``n`` samples: the same operator and noisy
     y for the same seed (:func:`diffinv.pipeline.degrade`), then :func:`restore_samples` (which
     takes the keywords: ``steps``, ``batch``, ``progress``, ...), scored (mean and per-sample): a
-    :class:`SampledRestoration`."""
-    from .pipeline import degrade
+    :class:`SampledRestoration`. ``noise=PoissonNoise(...)`` (CT) simulates a photon-count scan as
+    :func:`diffinv.pipeline.degrade_and_restore` does; the samples then solve its weighted problem."""
+    from .pipeline import degrade_noise
 
-    op, y = degrade(x, task, sigma_y, seed)
+    op, y, variance = degrade_noise(x, task, sigma_y, seed, kwargs.pop("noise", None))
+    if variance is not None:
+        kwargs["variance"] = variance
     return _sampled(y, op, x, method, prior, sigma_y, seed, n, kwargs)
 
 
 def sample_measured(y: torch.Tensor, op, method, prior, sigma_y=0.0, seed=0, n=1, **kwargs):
-    """:func:`diffinv.pipeline.restore_measured` with ``n`` samples (consistency scored only)."""
+    """:func:`diffinv.pipeline.restore_measured` with ``n`` samples (consistency scored only);
+    ``variance``: y's per-bin noise variance, as there."""
     return _sampled(y, op, None, method, prior, sigma_y, seed, n, kwargs)
+
+
+def _samples_with_variance(y, op, method, prior, variance, seed, n, kwargs):
+    """``(PosteriorSamples, solver)``: ``n`` samples per image of a measurement with a per-bin noise
+    ``variance`` (e.g. Poisson counts), by :func:`diffinv.pipeline.solve_with_variance` on the rows
+    of ``y`` repeated ``n`` times. That seeds row ``i`` with ``seed + i``, so the samples are
+    independent and ``n = 1`` gives the single restoration of the same seed."""
+    from .pipeline import _SOLVE_OPTIONS, as_solver, solve_with_variance
+
+    K = check_samples(n)
+    options = {k: kwargs.pop(k) for k in _SOLVE_OPTIONS if k in kwargs}
+    kwargs.pop("batch", None)  # solve_with_variance solves one row per call already
+    quantiles = kwargs.pop("quantiles", DEFAULT_QUANTILES)
+    solver = as_solver(method, prior, kwargs.pop("steps", None), **kwargs)
+    rows, var_rows = y.repeat_interleave(K, 0), variance.repeat_interleave(K, 0)
+    r = solve_with_variance(rows, op, solver, var_rows, seed, **options)
+    samples = r.x.reshape(y.shape[0], K, *r.x.shape[1:]).transpose(0, 1)  # (K, B, ...)
+    return summarize(samples, quantiles, r.nfe, r.seconds), solver
 
 
 def _sampled(y, op, x_true, method, prior, sigma_y, seed, n, kwargs) -> SampledRestoration:
@@ -345,8 +367,12 @@ def _sampled(y, op, x_true, method, prior, sigma_y, seed, n, kwargs) -> SampledR
     then summarised."""
     from .pipeline import check_projection, project_measured
 
-    project = check_projection(kwargs.pop("project", None), sigma_y)
-    post, solver = restore_samples(y, op, method, prior, sigma_y, seed, n=n, **kwargs)
+    variance = kwargs.pop("variance", None)
+    project = check_projection(kwargs.pop("project", None), sigma_y, variance is not None)
+    if variance is None:
+        post, solver = restore_samples(y, op, method, prior, sigma_y, seed, n=n, **kwargs)
+    else:
+        post, solver = _samples_with_variance(y, op, method, prior, variance, seed, n, kwargs)
     if project:
         K, B = post.samples.shape[:2]
         flat = post.samples.flatten(0, 1)  # row k * B + b is sample k of image b

@@ -338,7 +338,7 @@ def restore_files(
         raise DiffinvError(f"--samples must be an integer >= 1, got {samples!r}")
     if save_samples and samples == 1:
         raise DiffinvError("--save-samples keeps each of several samples; give --samples K with K > 1")
-    photon_noise = check_noise(task, noise, photons, measured, measured_kind, samples)  # or None
+    photon_noise = check_noise(task, noise, photons, measured, measured_kind)  # or None
     from . import pipeline, priors, solvers
     from .config import write_config, write_json_atomic
 

@@ -265,9 +265,7 @@ def _resize_inputs(raws: list, resize: int | bool, prior, measured: bool) -> tup
     return out, before
 
 
-def check_noise(
-    task: str | None, noise: str, photons: float, measured: bool, measured_kind: str, samples: int
-):
+def check_noise(task: str | None, noise: str, photons: float, measured: bool, measured_kind: str):
     """Refuse a bad ``--noise`` / ``--photons`` / ``--measured-kind`` (no torch); return the noise
     model (``operators.noise.PoissonNoise``) when photon statistics apply, else None."""
     if noise not in ("gaussian", "poisson"):
@@ -280,8 +278,6 @@ def check_noise(
         return None
     if not parse_task(task).is_ct:
         raise DiffinvError(f"Poisson noise and photon counts need a CT task, got {task!r}")
-    if samples != 1:
-        raise DiffinvError("--samples with Poisson noise is not supported; use --noise gaussian")
     from .operators.noise import PoissonNoise
 
     return PoissonNoise(photons)

@@ -37,6 +37,12 @@ Defaults chosen on 8 real-CT tuning slices (one per TCIA patient, outside ``ct_r
 K = 1, lr 1e-3: 23.16 dB; K = 3, lr 3e-4: 23.90 dB; K = 3, lr 1e-3: 22.06 dB (one slice diverged,
 14.7 dB). LoRA rank 4 at lr 1e-3 moved the result by < 0.1 dB on two slices of this 2 M-parameter
 prior (benchmarks/results/solver_notes.md, "SCD").
+Under noise, adapt gently: these defaults fit the noise of a low-dose sinogram. Poisson counts,
+I0 = 1e4, 18 views, the same tuning slices, with DDS's noisy-data settings (``gamma=10,
+data_tv=0.3, data_box=True``): K = 1, lr 1e-4 scored 27.34 dB (seed 1: 27.48) against DDS's 27.11
+(27.21), ahead on 15 of the 16 slice-seed pairs; lr 3e-5 / 2e-4 / 3e-4: 27.22 / 27.23 / 27.08,
+K = 2 at lr 1e-4: 27.16. On ``ct_real.py``'s 16 slices the posterior mean of 8 such samples scores
+27.97 dB against the weighted FISTA-TV's 26.72 and DDS's 27.59 (benchmarks/results/ct-real-poisson-scd/).
 
 NFE: (K + 1) network evaluations per adapted step (K of them with back-propagation through the
 network; once the discrepancy stop holds, two: the check and the estimate), counted per image as
