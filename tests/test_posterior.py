@@ -192,3 +192,19 @@ def test_restore_samples_with_poisson_noise(tmp_path):
     rec = json.loads(next(out.glob("*_ct18_dds.json")).read_text())
     assert rec["samples"] == 2 and rec["noise"] == "poisson" and math.isfinite(rec["metrics"]["psnr"])
     assert np.load(next(out.glob("*_std.npy"))).max() > 0
+
+
+def test_poisson_samples_of_an_unweighted_method_use_the_rms_noise():
+    """Methods that assume white noise get sqrt(mean(var)), as the single restoration does."""
+    from diffinv import pipeline
+    from diffinv.operators.noise import PoissonNoise, effective_sigma
+
+    shape = (1, 8, 8)
+    prior = correlated_prior(shape)
+    x = torch.rand(1, *shape, generator=gen(1), dtype=torch.float64)
+    solver = solvers.get("pigdm", prior, steps=5)
+    r = posterior.degrade_and_sample(x, "ct8", solver, prior, seed=4, n=4, noise=PoissonNoise(1e4), batch=2)
+    op, y, var = pipeline.degrade_noise(x, "ct8", 0.0, 4, PoissonNoise(1e4))
+    ref = posterior.sample(solver, y, op, n=4, sigma_y=effective_sigma(var), generator=gen(4), batch=2)
+    torch.testing.assert_close(r.post.samples, ref.samples, rtol=1e-9, atol=1e-9)
+    assert float(r.post.std.max()) > 1e-3

@@ -344,16 +344,21 @@ def sample_measured(y: torch.Tensor, op, method, prior, sigma_y=0.0, seed=0, n=1
 
 def _samples_with_variance(y, op, method, prior, variance, seed, n, kwargs):
     """``(PosteriorSamples, solver)``: ``n`` samples per image of a measurement with a per-bin noise
-    ``variance`` (e.g. Poisson counts), by :func:`diffinv.pipeline.solve_with_variance` on the rows
-    of ``y`` repeated ``n`` times. That seeds row ``i`` with ``seed + i``, so the samples are
-    independent and ``n = 1`` gives the single restoration of the same seed."""
+    ``variance`` (e.g. Poisson counts), as :func:`diffinv.pipeline.solve_with_variance` treats it.
+    The weighted methods solve the whitened problem of each of the rows of ``y`` repeated ``n``
+    times, one row per call, row ``i`` seeded with ``seed + i`` (so the samples are independent and
+    ``n = 1`` gives the single restoration of the same seed); the others draw them batched
+    (:func:`restore_samples`, ``batch`` applies) under white noise of the RMS std."""
+    from .operators import noise
     from .pipeline import _SOLVE_OPTIONS, as_solver, solve_with_variance
 
     K = check_samples(n)
-    options = {k: kwargs.pop(k) for k in _SOLVE_OPTIONS if k in kwargs}
-    kwargs.pop("batch", None)  # solve_with_variance solves one row per call already
-    quantiles = kwargs.pop("quantiles", DEFAULT_QUANTILES)
+    options = {k: kwargs.pop(k) for k in (*_SOLVE_OPTIONS, "batch", "quantiles") if k in kwargs}
     solver = as_solver(method, prior, kwargs.pop("steps", None), **kwargs)
+    if solver.name not in noise.WEIGHTED_METHODS:
+        return restore_samples(y, op, solver, prior, noise.effective_sigma(variance), seed, n=K, **options)
+    quantiles = options.pop("quantiles", DEFAULT_QUANTILES)
+    _check_batch(options.pop("batch", None))  # checked, but each call is one row already
     rows, var_rows = y.repeat_interleave(K, 0), variance.repeat_interleave(K, 0)
     r = solve_with_variance(rows, op, solver, var_rows, seed, **options)
     samples = r.x.reshape(y.shape[0], K, *r.x.shape[1:]).transpose(0, 1)  # (K, B, ...)
